@@ -1,0 +1,46 @@
+"""stbp: direct training of deep spiking neural networks with STBP.
+
+Wu, Deng, Li, Zhu, Xie, Shi, "Direct Training for Spiking Neural Networks: Faster, Larger,
+Better", AAAI 2019. Multi-step tensors are `[T, B, ...]` throughout.
+"""
+
+from stbp import functional, surrogate
+from stbp.init import calibrate_, threshold_scaled_
+from stbp.layers import Encoding, SeqDropout, Temporal, Voting
+from stbp.loss import rate_ce_loss, rate_mse_loss
+from stbp.models import (
+    PAPER_NETWORKS,
+    SNN,
+    build,
+    firing_rates,
+    paper_network,
+    parse,
+    rebuild,
+)
+from stbp.neunorm import NeuNorm
+from stbp.neuron import LIF, LIFParameters
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LIF",
+    "PAPER_NETWORKS",
+    "SNN",
+    "Encoding",
+    "LIFParameters",
+    "NeuNorm",
+    "SeqDropout",
+    "Temporal",
+    "Voting",
+    "build",
+    "calibrate_",
+    "firing_rates",
+    "functional",
+    "paper_network",
+    "parse",
+    "rate_ce_loss",
+    "rate_mse_loss",
+    "rebuild",
+    "surrogate",
+    "threshold_scaled_",
+]

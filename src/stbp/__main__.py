@@ -1,0 +1,5 @@
+import sys
+
+from stbp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,59 @@
+"""The embedded default data set: 10,000 real MNIST digits shipped inside the package.
+
+The digits come grouped by label, so the train/test split is a seeded permutation
+(8,000 train / 2,000 test by default); the same seed always gives the same split.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+N_TRAIN = 8000
+
+
+def load_mnist10k() -> tuple[np.ndarray, np.ndarray]:
+    """Return the embedded digits as (images [10000, 28, 28] uint8, labels [10000] int64)."""
+    with resources.files("stbp.data").joinpath("mnist10k.npz").open("rb") as f:
+        archive = np.load(f)
+        return archive["images"], archive["labels"].astype(np.int64)
+
+
+def split_indices(n: int, n_train: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    return order[:n_train], order[n_train:]
+
+
+def random_shift(images: torch.Tensor, max_shift: int, generator=None) -> torch.Tensor:
+    """Translate each image of a batch [B, C, H, W] by up to `max_shift` pixels (zero fill)."""
+    b, _, h, w = images.shape
+    pad = torch.nn.functional.pad(images, (max_shift,) * 4)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+    batch = torch.arange(b)[:, None, None, None]
+    chan = torch.arange(images.shape[1])[None, :, None, None]
+    return pad[batch, chan, rows, cols]
+
+
+class MNIST10k(Dataset):
+    """Embedded MNIST digits as static images `[1, 28, 28]` in [0, 1] with integer labels.
+
+    Static images go through the encoding layer, which presents them at every time step.
+    """
+
+    def __init__(self, train: bool = True, seed: int = 0, n_train: int = N_TRAIN):
+        images, labels = load_mnist10k()
+        train_idx, test_idx = split_indices(len(labels), n_train, seed)
+        idx = train_idx if train else test_idx
+        self.images = torch.from_numpy(images[idx]).float().div_(255.0).unsqueeze(1)
+        self.labels = torch.from_numpy(labels[idx])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])

@@ -1,0 +1,223 @@
+"""The paper's networks, built from the paper's own notation.
+
+A spec is a `-`-separated list of layers, e.g. `128C3(Enc)-AP2-256C3-AP2-256FC-Voting`:
+
+- `128C3`: convolution, 128 channels, 3x3 kernel, same padding, then LIF
+- `AP2` / `MP2`: 2x2 average / max pooling (stride 2)
+- `1024FC`: fully connected layer of 1024 LIF neurons
+- `Voting`: the output layer, `votes x num_classes` LIF neurons voting per class
+- `(Enc)` after the first layer marks it as the encoding layer (it always is one: the first
+  layer receives the analog input directly).
+
+`build` returns an `SNN` that maps `[T, B, C, H, W]` (or a static `[B, C, H, W]`) to class
+scores `[B, num_classes]`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from stbp.init import threshold_scaled_
+from stbp.layers import Encoding, SeqDropout, Temporal, Voting
+from stbp.neunorm import NeuNorm
+from stbp.neuron import LIF, LIFParameters
+
+_TOKEN = re.compile(
+    r"(?:(?P<conv>\d+)C(?P<kernel>\d+)|(?P<pool>[AM])P(?P<stride>\d+)|(?P<fc>\d+)FC"
+    r"|(?P<voting>Voting))(?P<enc>\(Enc\))?"
+)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One parsed token of a spec."""
+
+    kind: str  # "conv", "pool", "fc" or "voting"
+    size: int = 0  # channels (conv), features (fc), window (pool)
+    kernel: int = 0
+    pool: str = ""  # "A" or "M"
+    token: str = ""
+
+
+def parse(spec: str) -> list[Layer]:
+    """Parse a spec in the paper's notation; `ValueError` naming the bad token otherwise."""
+    tokens = [t.strip() for t in spec.split("-")] if spec and spec.strip() else []
+    if not tokens:
+        raise ValueError("empty network spec; expected e.g. '128C3-AP2-1024FC-Voting'")
+    layers = [_parse_token(tok, i) for i, tok in enumerate(tokens)]
+    _check_order(layers)
+    return layers
+
+
+def _parse_token(tok: str, index: int) -> Layer:
+    m = _TOKEN.fullmatch(tok)
+    if m is None:
+        raise ValueError(
+            f"bad layer {tok!r} (position {index + 1}): expected <channels>C<kernel>, AP<n>, "
+            "MP<n>, <features>FC or Voting, with optional (Enc) on the first layer"
+        )
+    if m["enc"] and index != 0:
+        raise ValueError(f"bad layer {tok!r}: only the first layer can be the encoding layer")
+    if m["conv"]:
+        layer = Layer("conv", int(m["conv"]), int(m["kernel"]), token=tok)
+        if layer.kernel == 0:
+            raise ValueError(f"bad layer {tok!r}: kernel size must be at least 1")
+    elif m["pool"]:
+        layer = Layer("pool", int(m["stride"]), pool=m["pool"], token=tok)
+    elif m["fc"]:
+        layer = Layer("fc", int(m["fc"]), token=tok)
+    else:
+        layer = Layer("voting", token=tok)
+    if layer.kind in ("conv", "fc", "pool") and layer.size == 0:
+        raise ValueError(f"bad layer {tok!r}: size must be at least 1")
+    return layer
+
+
+def _check_order(layers: list[Layer]) -> None:
+    if layers[-1].kind != "voting":
+        raise ValueError(f"the spec must end with 'Voting', not {layers[-1].token!r}")
+    if layers[0].kind == "pool":
+        raise ValueError(f"bad layer {layers[0].token!r}: the first layer must be C or FC")
+    seen_fc = False
+    for layer in layers[:-1]:
+        if layer.kind == "voting":
+            raise ValueError("'Voting' must be the last layer")
+        if seen_fc and layer.kind in ("conv", "pool"):
+            raise ValueError(f"bad layer {layer.token!r}: conv/pooling cannot follow an FC layer")
+        seen_fc = seen_fc or layer.kind == "fc"
+
+
+class SNN(nn.Module):
+    """A feed-forward spiking network: encoding layer, LIF layers, voting output."""
+
+    def __init__(self, layers: nn.Sequential, spec: str, in_shape: tuple[int, ...], T: int,
+                 num_classes: int):
+        super().__init__()
+        self.layers = layers
+        self.spec, self.in_shape, self.T, self.num_classes = spec, tuple(in_shape), T, num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(self.in_shape)
+        if x.dim() not in (n + 1, n + 2) or tuple(x.shape[-n:]) != self.in_shape:
+            raise ValueError(
+                f"expected input [T, B, {', '.join(map(str, self.in_shape))}] or static "
+                f"[B, {', '.join(map(str, self.in_shape))}], got {list(x.shape)}"
+            )
+        return self.layers(x)
+
+
+def build(
+    spec: str,
+    in_shape: tuple[int, ...],
+    num_classes: int = 10,
+    T: int = 8,
+    neunorm: bool = False,
+    dropout: float = 0.0,
+    lif: LIFParameters | None = None,
+    votes: int = 10,
+) -> SNN:
+    """Build the network of `spec` for inputs of shape `in_shape` (C, H, W).
+
+    Every conv/FC layer is followed by LIF neurons (and NeuNorm after conv layers when
+    `neunorm`; dropout with one mask per sample after hidden FC layers when `dropout > 0`).
+    Weights are initialised by `threshold_scaled_` so every layer fires at init.
+    """
+    lif = lif or LIFParameters()
+    layers = parse(spec)
+    shape = tuple(in_shape)
+    modules: dict[str, nn.Module] = {}
+    counts = {"conv": 0, "fc": 0, "pool": 0}
+    for i, layer in enumerate(layers):
+        if layer.kind in counts:
+            counts[layer.kind] += 1
+        name = f"{layer.kind}{counts.get(layer.kind, '')}"
+        synapse, shape = _synapse(layer, shape, num_classes, votes, spec)
+        wrapped = Encoding(synapse, T, len(in_shape)) if i == 0 else Temporal(synapse)
+        modules[name] = wrapped
+        if layer.kind == "pool":
+            continue
+        modules[f"lif_{name}"] = LIF(*lif)
+        if layer.kind == "conv" and neunorm:
+            modules[f"neunorm_{name}"] = NeuNorm(*shape)
+        if layer.kind == "fc" and dropout > 0:
+            modules[f"dropout_{name}"] = SeqDropout(dropout)
+    modules["vote"] = Voting(num_classes, votes)
+    model = SNN(nn.Sequential(OrderedDict(modules)), spec, in_shape, T, num_classes)
+    model.build_args = {
+        "spec": spec, "in_shape": list(in_shape), "num_classes": num_classes, "T": T,
+        "neunorm": neunorm, "dropout": dropout, "lif": lif._asdict(), "votes": votes,
+    }
+    threshold_scaled_(model)
+    return model
+
+
+def rebuild(build_args: dict) -> SNN:
+    """Build the same network again from `model.build_args` (as stored in checkpoints)."""
+    args = dict(build_args)
+    args["in_shape"] = tuple(args["in_shape"])
+    args["lif"] = LIFParameters(**args["lif"])
+    return build(**args)
+
+
+def _synapse(layer: Layer, shape: tuple[int, ...], num_classes: int, votes: int, spec: str):
+    """The stateless module of one layer and the shape it outputs."""
+    if layer.kind == "conv":
+        if len(shape) != 3:
+            raise ValueError(f"bad layer {layer.token!r}: conv needs a [C, H, W] input")
+        conv = nn.Conv2d(shape[0], layer.size, layer.kernel, padding=layer.kernel // 2)
+        out_hw = [s + 2 * (layer.kernel // 2) - layer.kernel + 1 for s in shape[1:]]
+        return conv, (layer.size, *out_hw)
+    if layer.kind == "pool":
+        out_hw = [s // layer.size for s in shape[1:]]
+        if min(out_hw) < 1:
+            raise ValueError(
+                f"bad layer {layer.token!r} in {spec!r}: pooling a {shape[1]}x{shape[2]} map "
+                f"by {layer.size} leaves less than 1x1"
+            )
+        pool = nn.AvgPool2d if layer.pool == "A" else nn.MaxPool2d
+        return pool(layer.size), (shape[0], *out_hw)
+    features = layer.size if layer.kind == "fc" else num_classes * votes
+    fan_in = 1
+    for s in shape:
+        fan_in *= s
+    linear = nn.Linear(fan_in, features)
+    return (nn.Sequential(nn.Flatten(), linear) if len(shape) > 1 else linear), (features,)
+
+
+PAPER_NETWORKS: dict[str, tuple[str, tuple[int, int, int]]] = {
+    # The neuromorphic network as quoted from the paper by a published review.
+    "nmnist": ("128C3(Enc)-128C3-AP2-384C3-384C3-AP2-1024FC-512FC-Voting", (2, 34, 34)),
+    "dvs-cifar10": ("128C3(Enc)-128C3-AP2-384C3-384C3-AP2-1024FC-512FC-Voting", (2, 42, 42)),
+    # The smaller neuromorphic net: the speed benchmark's fixed work.
+    "nmnist-small": ("128C3(Enc)-128C3-AP2-128C3-256C3-AP2-1024FC-Voting", (2, 34, 34)),
+    "cifar10-small": ("128C3(Enc)-AP2-256C3-AP2-256FC-Voting", (3, 32, 32)),
+    "cifar10-middle": ("128C3(Enc)-AP2-256C3-512C3-AP2-512FC-Voting", (3, 32, 32)),
+    "cifarnet": (
+        "128C3(Enc)-256C3-AP2-512C3-AP2-1024C3-512C3-1024FC-512FC-Voting",
+        (3, 32, 32),
+    ),
+    # A small net for the embedded MNIST digits (the demo).
+    "mnist-demo": ("32C3(Enc)-32C3-AP2-64C3-AP2-256FC-Voting", (1, 28, 28)),
+}
+
+
+def paper_network(name: str, **kwargs) -> SNN:
+    """One of the paper's networks by name (see `PAPER_NETWORKS`); kwargs go to `build`."""
+    if name not in PAPER_NETWORKS:
+        raise ValueError(f"unknown network {name!r}; choose one of: {', '.join(PAPER_NETWORKS)}")
+    spec, in_shape = PAPER_NETWORKS[name]
+    return build(spec, in_shape, **kwargs)
+
+
+def firing_rates(model: nn.Module) -> dict[str, float]:
+    """Mean firing rate of each LIF layer in the last forward pass."""
+    return {
+        name.removeprefix("layers."): float(m.last_rate)
+        for name, m in model.named_modules()
+        if isinstance(m, LIF) and m.last_rate is not None
+    }

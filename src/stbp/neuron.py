@@ -1,0 +1,200 @@
+"""Algorithm 1 of the paper: the explicitly iterative leaky integrate-and-fire neuron.
+
+**Layout.** Multi-step tensors are `[T, B, ...]` everywhere in stbp: time first, then batch,
+then the neuron's own shape (channels, height, width or features).
+
+With synaptic input `x[t] = W o_in[t] + b`, Algorithm 1 updates, for t = 0 .. T-1,
+
+    u[t] = decay * u[t-1] * (1 - o[t-1]) + x[t]      (leak, reset by the last spike, integrate)
+    o[t] = H(u[t] - threshold)                        (fire when u > threshold)
+
+from `u[-1] = o[-1] = 0`. STBP back-propagates through space (x) and time (u, and the reset
+term `1 - o`, which is not detached); `H` gets an approximated derivative from `surrogate.py`.
+
+`lif` is the fused implementation used for training; `lif_reference` is the plain per-step
+autograd version it is tested against.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from stbp import surrogate as sg
+
+
+class LIFParameters(NamedTuple):
+    """Constants of the iterative LIF neuron (defaults: the authors' MNIST/N-MNIST code)."""
+
+    decay: float = 0.2  # k_tau, the leak factor per step
+    threshold: float = 0.5  # V_th
+    surrogate: str = "rect"  # name of the approximated spike derivative
+    width: float = 1.0  # surrogate width (the rectangle's `a`)
+
+
+def lif_step(
+    x: torch.Tensor, u: torch.Tensor, o: torch.Tensor, p: LIFParameters
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of Algorithm 1 with plain autograd: returns `(o[t], u[t])`."""
+    u = p.decay * u * (1 - o) + x
+    return sg.spike(u - p.threshold, p.surrogate, p.width), u
+
+
+def lif_reference(x: torch.Tensor, p: LIFParameters = LIFParameters()) -> torch.Tensor:
+    """Algorithm 1 as a per-step loop building the autograd graph: the reference for tests."""
+    u = torch.zeros_like(x[0])
+    o = torch.zeros_like(x[0])
+    spikes = []
+    for x_t in x:
+        o, u = lif_step(x_t, u, o, p)
+        spikes.append(o)
+    return torch.stack(spikes)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def scan_forward(x: torch.Tensor, decay: float, threshold: float):
+    """Algorithm 1 without a graph: returns `(u, spikes)`, `u` kept in the input's dtype."""
+    u = x[0].to(_compute_dtype(x.dtype))
+    potentials = [u]
+    for x_t in x[1:]:
+        u = x_t + decay * torch.where(u > threshold, 0.0, u)
+        potentials.append(u)
+    u_all = torch.stack(potentials)
+    return u_all.to(x.dtype), (u_all > threshold).to(x.dtype)
+
+
+def scan_backward(
+    u_all: torch.Tensor, grad: torch.Tensor, decay: float, threshold: float,
+    surrogate: str, width: float,
+) -> torch.Tensor:
+    """STBP through Algorithm 1 as a linear scan (see `LIFFunction`): returns dL/dx."""
+    u = u_all.to(_compute_dtype(u_all.dtype))
+    h = sg.get(surrogate)(u - threshold, width)
+    carry = decay * ((u <= threshold).to(u.dtype) - u * h)
+    a = grad.to(u.dtype) * h
+    g = a[-1]
+    grads = [g]
+    for t in range(u.shape[0] - 2, -1, -1):
+        g = a[t] + carry[t] * g
+        grads.append(g)
+    return torch.stack(grads[::-1]).to(grad.dtype)
+
+
+_COMPILED: dict = {}
+
+
+def _kernels():
+    """`(scan_forward, scan_backward)`, fused by `torch.compile` unless STBP_COMPILE=0 or
+    compilation is unavailable (no C++ compiler, unsupported platform)."""
+    if os.environ.get("STBP_COMPILE", "1") == "0" or _COMPILED.get("failed"):
+        return scan_forward, scan_backward
+    if "fwd" not in _COMPILED:
+        _COMPILED["fwd"] = torch.compile(scan_forward, dynamic=True)
+        _COMPILED["bwd"] = torch.compile(scan_backward, dynamic=True)
+    return _COMPILED["fwd"], _COMPILED["bwd"]
+
+
+def _run(kernel_index: int, *args):
+    kernel = _kernels()[kernel_index]
+    try:
+        return kernel(*args)
+    except Exception as err:  # a compiler missing or failing: keep training, unfused
+        if kernel in (scan_forward, scan_backward):
+            raise
+        warnings.warn(f"torch.compile failed ({err!r:.200}); using the eager LIF", stacklevel=3)
+        _COMPILED["failed"] = True
+        return (scan_forward, scan_backward)[kernel_index](*args)
+
+
+class LIFFunction(torch.autograd.Function):
+    """Multi-step LIF with a hand-written STBP backward.
+
+    The forward runs the recursion without an autograd graph and saves only the membrane
+    potential `u` (spikes are `u > threshold`). With `h = h(u - V_th)` the surrogate
+    derivative and `k = 1 - o`, STBP's chain rule through the spike and the reset term
+
+        dL/do[t] = g[t] - decay * u[t] * dL/du[t+1]
+        dL/du[t] = dL/do[t] * h[t] + decay * k[t] * dL/du[t+1]
+
+    collapses to a linear scan, `dL/du[t] = g[t] h[t] + decay (k[t] - u[t] h[t]) dL/du[t+1]`,
+    whose coefficients are computed for all t at once; `dL/dx[t] = dL/du[t]`.
+    """
+
+    @staticmethod
+    def forward(ctx, x, decay, threshold, surrogate, width):
+        rows, restore = _as_rows(x)
+        u_all, spikes = _run(0, rows, decay, threshold)
+        ctx.save_for_backward(u_all)
+        ctx.params = (decay, threshold, surrogate, width)
+        ctx.restore = restore
+        return restore(spikes)
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        (u_all,) = ctx.saved_tensors
+        grad, _ = _as_rows(grad_spikes)
+        return ctx.restore(_run(1, u_all, grad, *ctx.params)), None, None, None, None
+
+
+def _as_rows(x: torch.Tensor):
+    """View `x` `[T, ...]` as `[T, N]` in its own memory order (so channels_last stays
+    channels_last without a copy); returns the view and a function mapping `[T, N]` back."""
+    order = sorted(range(1, x.dim()), key=lambda d: -x.stride(d))
+    permuted = x.permute(0, *order)
+    if not permuted.is_contiguous():
+        permuted = permuted.contiguous()
+    inverse = [0] * x.dim()
+    for i, d in enumerate([0, *order]):
+        inverse[d] = i
+    shape = permuted.shape
+    return permuted.view(x.shape[0], -1), lambda y: y.view(shape).permute(inverse)
+
+
+def lif(
+    x: torch.Tensor,
+    decay: float = 0.2,
+    threshold: float = 0.5,
+    surrogate: str = "rect",
+    width: float = 1.0,
+) -> torch.Tensor:
+    """Algorithm 1 over all time steps: synaptic input `x` `[T, B, ...]` to spikes (0/1, same
+    shape and dtype), differentiable by STBP with the approximated derivative `surrogate`."""
+    sg.get(surrogate)
+    if x.dim() < 2:
+        raise ValueError(f"lif expects [T, B, ...] input, got shape {tuple(x.shape)}")
+    return LIFFunction.apply(x, decay, threshold, surrogate, width)
+
+
+class LIF(nn.Module):
+    """Multi-step iterative LIF neurons (`[T, B, ...]` in and out); state starts at zero in
+    every forward call, so nothing leaks between two batches.
+
+    `last_rate` holds the mean firing rate of the last forward pass (a 0-dim tensor).
+    """
+
+    def __init__(
+        self,
+        decay: float = 0.2,
+        threshold: float = 0.5,
+        surrogate: str = "rect",
+        width: float = 1.0,
+    ):
+        super().__init__()
+        sg.get(surrogate)
+        self.p = LIFParameters(decay, threshold, surrogate, width)
+        self.last_rate: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spikes = lif(x, *self.p)
+        self.last_rate = spikes.detach().float().mean()
+        return spikes
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.p._asdict().items())
