@@ -44,8 +44,9 @@ def lif_step(
     return sg.spike(u - p.threshold, p.surrogate, p.width), u
 
 
-def lif_reference(x: torch.Tensor, p: LIFParameters = LIFParameters()) -> torch.Tensor:
+def lif_reference(x: torch.Tensor, p: LIFParameters | None = None) -> torch.Tensor:
     """Algorithm 1 as a per-step loop building the autograd graph: the reference for tests."""
+    p = p or LIFParameters()
     u = torch.zeros_like(x[0])
     o = torch.zeros_like(x[0])
     spikes = []
@@ -129,32 +130,33 @@ class LIFFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, decay, threshold, surrogate, width):
-        rows, restore = _as_rows(x)
-        u_all, spikes = _run(0, rows, decay, threshold)
+        order = _memory_order(x)
+        u_all, spikes = _run(0, _rows(x, order), decay, threshold)
         ctx.save_for_backward(u_all)
         ctx.params = (decay, threshold, surrogate, width)
-        ctx.restore = restore
-        return restore(spikes)
+        ctx.order = order
+        return _unrows(spikes, x.shape, order)
 
     @staticmethod
     def backward(ctx, grad_spikes):
         (u_all,) = ctx.saved_tensors
-        grad, _ = _as_rows(grad_spikes)
-        return ctx.restore(_run(1, u_all, grad, *ctx.params)), None, None, None, None
+        grad = _run(1, u_all, _rows(grad_spikes, ctx.order), *ctx.params)
+        return _unrows(grad, grad_spikes.shape, ctx.order), None, None, None, None
 
 
-def _as_rows(x: torch.Tensor):
-    """View `x` `[T, ...]` as `[T, N]` in its own memory order (so channels_last stays
-    channels_last without a copy); returns the view and a function mapping `[T, N]` back."""
-    order = sorted(range(1, x.dim()), key=lambda d: -x.stride(d))
-    permuted = x.permute(0, *order)
-    if not permuted.is_contiguous():
-        permuted = permuted.contiguous()
-    inverse = [0] * x.dim()
-    for i, d in enumerate([0, *order]):
-        inverse[d] = i
-    shape = permuted.shape
-    return permuted.view(x.shape[0], -1), lambda y: y.view(shape).permute(inverse)
+# The kernels see `[T, N]` in the input's own memory order, so one compiled graph serves
+# every layer and channels_last activations stay channels_last without a copy.
+def _memory_order(x: torch.Tensor) -> list[int]:
+    return [0, *sorted(range(1, x.dim()), key=lambda d: -x.stride(d))]
+
+
+def _rows(x: torch.Tensor, order: list[int]) -> torch.Tensor:
+    return x.permute(order).reshape(x.shape[0], -1)
+
+
+def _unrows(rows: torch.Tensor, shape: torch.Size, order: list[int]) -> torch.Tensor:
+    inverse = sorted(range(len(order)), key=order.__getitem__)
+    return rows.view([shape[d] for d in order]).permute(inverse)
 
 
 def lif(

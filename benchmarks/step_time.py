@@ -1,0 +1,403 @@
+"""Side-by-side training-step benchmark on the paper's N-MNIST network (issue 6).
+
+One training step = forward, backward and Adam update of
+128C3(Enc)-128C3-AP2-128C3-256C3-AP2-1024FC-Voting on binary input [T, B=20, 2, 34, 34] with the
+MSE voting loss. Every row runs in its own subprocess (so its peak memory is its own):
+
+    stbp (compiled)     stbp.paper_network, fused LIF with torch.compile'd kernels
+    stbp (eager)        the same with STBP_COMPILE=0 (fused autograd.Function, eager kernels)
+    stbp (compiled, CL) the compiled model and input in channels_last
+    per-step loop       benchmarks/baselines.py PerStepSNN: Algorithm 1 step by step (baseline)
+    ANN twin            the same layers with ReLU, T folded into the batch
+    snntorch / norse / spikingjelly   (--peers) the same network in each framework, run by
+                        the throw-away venv of benchmarks/peers/setup.sh
+
+    python benchmarks/step_time.py [--T 5,10,20,40] [--precision fp32,bf16] [--peers]
+
+Prints the table (ms/step, samples/s, peak memory, ratios against the per-step loop at the
+same T) and writes benchmarks/results/step_time.csv and step_time.png.
+
+Time: median of --steps steps after --warmup steps (the first compiles). Memory on CPU: the
+peak resident set size (VmHWM, reset through /proc/self/clear_refs) during one extra training
+step, minus the RSS just before it, with glibc told to serve every block of 64 KiB or more by
+mmap (mallopt) and its free heap trimmed first, so freed activations leave the RSS and the peak
+is the step's own (model, gradients and Adam state are already allocated before it). On CUDA:
+torch.cuda.max_memory_allocated over that step minus the allocation before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import ctypes
+import importlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PEERS_DIR = HERE / "peers"
+PEERS_PYTHON = PEERS_DIR / ".venv" / "bin" / "python"
+NETWORK = "nmnist-small"
+OWN_ROWS = ["loop", "ann", "stbp", "stbp-eager", "stbp-cl"]
+PEER_ROWS = ["snntorch", "norse", "spikingjelly"]
+LABELS = {
+    "loop": "per-step loop",
+    "ann": "ANN twin",
+    "stbp": "stbp (compiled)",
+    "stbp-eager": "stbp (eager, STBP_COMPILE=0)",
+    "stbp-cl": "stbp (compiled, channels_last)",
+    "snntorch": "snnTorch Leaky",
+    "norse": "Norse LIFBox",
+    "spikingjelly": "SpikingJelly LIFNode (m)",
+}
+PRECISION_ROWS = {"ann", "stbp", "stbp-eager", "stbp-cl"}  # rows that honour --precision
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _prepare_memory_measure() -> str:
+    """Make freed memory leave the RSS, then reset the peak RSS; returns the method used."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: fixed, so big blocks are unmapped
+        libc.malloc_trim(0)
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        return "VmHWM"
+    except OSError:
+        return "ru_maxrss"
+
+
+def _build(row: str, T: int):
+    """The model of `row` for T steps."""
+    if row in PEER_ROWS:
+        sys.path.insert(0, str(PEERS_DIR))
+        module = importlib.import_module(f"{row}_net")
+        return module.build(T), module.version()
+    import stbp
+
+    sys.path.insert(0, str(HERE))
+    from baselines import ANNTwin, PerStepSNN
+
+    net = stbp.paper_network(NETWORK, T=T)
+    version = f"stbp {stbp.__version__}"
+    if row == "loop":
+        return PerStepSNN(net), version
+    if row == "ann":
+        return ANNTwin(net), version
+    return net, version
+
+
+def _loss(scores, labels):
+    import torch.nn.functional as F
+
+    target = F.one_hot(labels, scores.shape[-1]).to(scores.dtype)
+    return F.mse_loss(scores.float(), target.float())
+
+
+def worker(row: str, T: int, batch: int, precision: str, warmup: int, steps: int,
+           profile: int = 0) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, version = _build(row, T)
+    model = model.to(device)
+    x = (torch.rand(T, batch, 2, 34, 34, device=device) < 0.15).float()
+    labels = torch.randint(0, 10, (batch,), device=device)
+    if row == "stbp-cl":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (T, batch))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    autocast = precision == "bf16"
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            scores = model(x)
+        loss = _loss(scores, labels)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return loss
+
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    warmup_s = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile))
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        peak_mb = (torch.cuda.max_memory_allocated() - before) / 2**20
+        method = "cuda.max_memory_allocated"
+    else:
+        import gc
+
+        gc.collect()
+        method = _prepare_memory_measure()
+        before_kb = _status_kb("VmRSS")
+        step()
+        peak_kb = _status_kb("VmHWM") if method == "VmHWM" else _ru_maxrss_kb()
+        peak_mb = (peak_kb - before_kb) / 1024
+    ms = statistics.median(times) * 1000
+    return {
+        "row": row, "T": T, "batch": batch, "precision": precision,
+        "ms_per_step": ms, "samples_per_s": batch / (ms / 1000), "peak_mem_mb": peak_mb,
+        "warmup_s": warmup_s, "step_ms_all": [t * 1000 for t in times],
+        "memory_method": method, "version": version, "torch": torch.__version__,
+        "device": device.type, "threads": torch.get_num_threads(),
+    }
+
+
+def _ru_maxrss_kb() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+def machine_info() -> dict:
+    info = {"nproc": os.cpu_count(), "python": platform.python_version()}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in lscpu.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "Model name":
+                info["cpu"] = value.strip()
+            if key.strip() == "Flags":
+                flags = value.split()
+                wanted = ("avx", "fma", "f16c", "amx", "bf16", "vnni")
+                info["flags"] = " ".join(f for f in flags if f.startswith(wanted))
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        info["mkldnn_bf16"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        info["threads"] = torch.get_num_threads()
+    except Exception as err:  # noqa: BLE001 - informative only
+        info["torch"] = f"unavailable ({err})"
+    return info
+
+
+def run_row(row: str, T: int, args, precision: str) -> dict:
+    python = str(PEERS_PYTHON) if row in PEER_ROWS else sys.executable
+    env = dict(os.environ)
+    if row == "stbp-eager":
+        env["STBP_COMPILE"] = "0"
+    cmd = [
+        python, str(Path(__file__).resolve()), "--worker", row, "--T", str(T),
+        "--batch", str(args.batch), "--precision", precision,
+        "--warmup", str(args.warmup), "--steps", str(args.steps),
+    ]
+    base = {"row": row, "T": T, "batch": args.batch, "precision": precision}
+    if row in PEER_ROWS and not PEERS_PYTHON.exists():
+        return {**base, "error": "peers venv missing (run benchmarks/peers/setup.sh)"}
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                              timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {**base, "error": f"timed out after {args.timeout} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {**base, "error": f"failed: {tail[:160]}"}
+
+
+def plan(args) -> list[tuple[str, int, str]]:
+    jobs = []
+    for T in args.T:
+        for row in OWN_ROWS:
+            if T >= args.heavy_T and row not in args.heavy_rows:
+                continue
+            precisions = args.precision if row in PRECISION_ROWS else ["fp32"]
+            for precision in precisions:
+                if row in args.rows:
+                    jobs.append((row, T, precision))
+    if args.peers:
+        for T in args.peers_T:
+            for row in PEER_ROWS:
+                jobs.append((row, T, "fp32"))
+    return jobs
+
+
+def add_ratios(results: list[dict]) -> None:
+    loop = {r["T"]: r for r in results if r["row"] == "loop" and "error" not in r}
+    for r in results:
+        base = loop.get(r["T"])
+        if base is None or "error" in r:
+            r["speedup_vs_loop"] = r["mem_vs_loop"] = None
+            continue
+        r["speedup_vs_loop"] = base["ms_per_step"] / r["ms_per_step"]
+        r["mem_vs_loop"] = r["peak_mem_mb"] / base["peak_mem_mb"]
+
+
+def _fmt(v, spec):
+    return "—" if v is None else format(v, spec)
+
+
+def table(results: list[dict]) -> str:
+    head = ("| row | T | precision | ms/step | samples/s | peak MB | speed vs loop "
+            "| memory vs loop |\n|---|---:|---|---:|---:|---:|---:|---:|")
+    lines = [head]
+    for r in results:
+        label = LABELS[r["row"]]
+        if "error" in r:
+            lines.append(f"| {label} | {r['T']} | {r['precision']} | {r['error']} | | | | |")
+            continue
+        lines.append(
+            f"| {label} | {r['T']} | {r['precision']} | {r['ms_per_step']:.0f} "
+            f"| {r['samples_per_s']:.1f} | {r['peak_mem_mb']:.0f} "
+            f"| {_fmt(r['speedup_vs_loop'], '.2f')}× | {_fmt(r['mem_vs_loop'], '.2f')}× |"
+        )
+    return "\n".join(lines)
+
+
+def write_csv(results: list[dict], path: Path) -> None:
+    fields = ["row", "label", "T", "batch", "precision", "ms_per_step", "samples_per_s",
+              "peak_mem_mb", "speedup_vs_loop", "mem_vs_loop", "version", "error"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in results:
+            out = {**r, "label": LABELS[r["row"]]}
+            for k in ("ms_per_step", "samples_per_s", "peak_mem_mb"):
+                if out.get(k) is not None:
+                    out[k] = f"{out[k]:.1f}"
+            for k in ("speedup_vs_loop", "mem_vs_loop"):
+                if out.get(k) is not None:
+                    out[k] = f"{out[k]:.3f}"
+            w.writerow(out)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
+    series: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        if "error" not in r:
+            series.setdefault((r["row"], r["precision"]), []).append(r)
+    for (row, precision), rs in series.items():
+        rs.sort(key=lambda r: r["T"])
+        label = LABELS[row] + ("" if precision == "fp32" else f" {precision}")
+        style = "o--" if row in PEER_ROWS or row in ("loop", "ann") else "o-"
+        Ts = [r["T"] for r in rs]
+        ax_t.plot(Ts, [r["ms_per_step"] for r in rs], style, label=label)
+        ax_m.plot(Ts, [r["peak_mem_mb"] for r in rs], style, label=label)
+    for ax, ylabel in ((ax_t, "ms / training step"), (ax_m, "peak memory of a step (MB)")):
+        ax.set_xlabel("T (time steps)")
+        ax.set_ylabel(ylabel)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    ax_t.legend(fontsize=7)
+    fig.suptitle(f"{NETWORK}: one training step, batch 20")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def _names(text: str) -> list[str]:
+    return [v for v in text.split(",") if v]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--T", type=_ints, default=[5, 10, 20, 40], help="time steps, e.g. 5,10")
+    ap.add_argument("--precision", type=_names, default=["fp32"], help="fp32,bf16")
+    ap.add_argument("--peers", action="store_true", help="also snnTorch, Norse, SpikingJelly")
+    ap.add_argument("--peers-T", type=_ints, default=[10], help="T for the peer rows")
+    ap.add_argument("--rows", type=_names, default=OWN_ROWS, help=",".join(OWN_ROWS))
+    ap.add_argument("--heavy-T", type=int, default=40,
+                    help="at this T and above, run only --heavy-rows (default 40)")
+    ap.add_argument("--heavy-rows", type=_names, default=["loop", "stbp"])
+    ap.add_argument("--batch", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per row")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--name", default="step_time", help="file name stem of the CSV/PNG")
+    ap.add_argument("--worker", help="run one row in this process (e.g. stbp) and print it")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="with --worker: also profile one step, print the top N ops")
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        result = worker(args.worker, args.T[0], args.batch, args.precision[0],
+                        args.warmup, args.steps, args.profile)
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
+
+    if args.peers and not PEERS_PYTHON.exists():
+        subprocess.run(["bash", str(PEERS_DIR / "setup.sh")], check=False)
+    info = machine_info()
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+    print("command: python " + " ".join([os.path.relpath(__file__), *sys.argv[1:]]), flush=True)
+    results = []
+    for row, T, precision in plan(args):
+        t0 = time.perf_counter()
+        r = run_row(row, T, args, precision)
+        results.append(r)
+        shown = r.get("error") or f"{r['ms_per_step']:.0f} ms/step, {r['peak_mem_mb']:.0f} MB"
+        print(f"  {LABELS[row]:32s} T={T:<3d} {precision}: {shown} "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    add_ratios(results)
+    print()
+    print(table(results))
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(results, args.out / f"{args.name}.csv")
+    (args.out / f"{args.name}.json").write_text(json.dumps({"machine": info,
+                                                            "results": results}, indent=1))
+    plot(results, args.out / f"{args.name}.png")
+    print(f"\nwrote {args.out / (args.name + '.csv')} and .png/.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

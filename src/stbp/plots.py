@@ -1,0 +1,204 @@
+"""Pictures of a network at work: spike rasters for one input, firing-rate histograms.
+
+Both are plain matplotlib figures (no pyplot state), saved as PNG next to the checkpoint by
+`stbp plot raster` and `stbp plot rates`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from stbp.neuron import LIF
+
+
+def _lif_layers(model: nn.Module, names: list[str] | None) -> dict[str, LIF]:
+    """The LIF layers to show, by name (`conv1` means `lif_conv1`); all when `names` is None."""
+    lifs = {n: m for n, m in model.layers.named_children() if isinstance(m, LIF)}
+    if names is None:
+        return lifs
+    chosen = {}
+    for name in names:
+        key = name if name in lifs else f"lif_{name}"
+        if key not in lifs:
+            raise ValueError(f"no LIF layer {name!r}; choose from: {', '.join(lifs)}")
+        chosen[key] = lifs[key]
+    return chosen
+
+
+@torch.no_grad()
+def record_spikes(model: nn.Module, x: torch.Tensor,
+                  layers: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Spikes `[T, neurons]` of the chosen LIF layers for one sample `x` (static `[C, H, W]`
+    or a sequence `[T, C, H, W]`)."""
+    chosen = _lif_layers(model, layers)
+    spikes: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(
+        lambda _m, _i, out, name=name: spikes.__setitem__(name, out[:, 0].flatten(1)))
+        for name, m in chosen.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        model(_as_batch(model, x))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return spikes
+
+
+def _as_batch(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    n = len(model.in_shape)
+    if x.dim() == n:
+        return x.unsqueeze(0)
+    if x.dim() == n + 1:
+        return x.unsqueeze(1)
+    raise ValueError(f"expected one sample [{', '.join(map(str, model.in_shape))}] or "
+                     f"[T, ...] of it, got {list(x.shape)}")
+
+
+def _frame_image(frame: torch.Tensor) -> tuple[np.ndarray, dict]:
+    """An image array and imshow options for one input frame `[C, H, W]`."""
+    f = frame.detach().float().cpu()
+    if f.shape[0] == 2:  # event frame: OFF channel 0, ON channel 1
+        diff = (f[1] - f[0]).numpy()
+        lim = max(float(np.abs(diff).max()), 1e-9)
+        return diff, {"cmap": "coolwarm", "vmin": -lim, "vmax": lim}
+    if f.shape[0] == 3:
+        f = (f - f.min()) / max(float(f.max() - f.min()), 1e-9)
+        return f.permute(1, 2, 0).numpy(), {}
+    return f[0].numpy(), {"cmap": "gray_r"}
+
+
+def _draw_input(fig: Figure, spec, x: torch.Tensor, static: bool) -> None:
+    frames = [x] if static else list(x)
+    cols = math.ceil(math.sqrt(len(frames)))
+    rows = math.ceil(len(frames) / cols)
+    grid = spec.subgridspec(rows + 1, cols, height_ratios=[*([1] * rows), 0.4 * rows])
+    for i, frame in enumerate(frames):
+        ax = fig.add_subplot(grid[i // cols, i % cols])
+        image, opts = _frame_image(frame)
+        ax.imshow(image, **opts)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title("input (every step)" if static else f"input t={i}", fontsize=9)
+
+
+def raster_figure(model: nn.Module, x: torch.Tensor, layers: list[str] | None = None,
+                  neurons: int = 80, title: str = "") -> Figure:
+    """Spike raster of the chosen LIF layers for one sample, its input frames beside it.
+
+    Each panel shows up to `neurons` neurons of a layer, evenly spaced over the layer."""
+    spikes = record_spikes(model, x, layers)
+    static = x.dim() == len(model.in_shape)
+    fig = Figure(figsize=(9, 1.2 + 1.5 * len(spikes)), layout="constrained")
+    outer = fig.add_gridspec(1, 2, width_ratios=[1, 3])
+    _draw_input(fig, outer[0], x, static)
+    panels = outer[1].subgridspec(len(spikes), 1)
+    axes = []
+    for i, (name, s) in enumerate(spikes.items()):
+        ax = fig.add_subplot(panels[i], sharex=axes[0] if axes else None)
+        _draw_raster(ax, name, s, neurons)
+        axes.append(ax)
+    axes[-1].set_xlabel("time step t")
+    fig.suptitle(title or "spike raster", fontsize=11)
+    return fig
+
+
+def _draw_raster(ax, name: str, s: torch.Tensor, neurons: int) -> None:
+    steps, total = s.shape
+    idx = np.unique(np.linspace(0, total - 1, min(neurons, total)).round().astype(int))
+    t, n = np.nonzero(s[:, idx].cpu().numpy())
+    ax.scatter(t, n, marker="|", s=30, linewidths=1.2, color="black")
+    ax.set_xlim(-0.5, steps - 0.5)
+    ax.set_ylim(-0.5, len(idx) - 0.5)
+    ax.set_xticks(range(steps))
+    ax.set_ylabel("neuron")
+    rate = float(s.float().mean())
+    ax.set_title(f"{name}: {len(idx)} of {total:,} neurons shown, rate {rate:.3f}",
+                 fontsize=9, loc="left")
+
+
+def rates_figure(rates: dict[str, torch.Tensor], title: str = "") -> Figure:
+    """Histogram of per-neuron firing rates, one panel per layer (from `stats.neuron_rates`)."""
+    cols = min(3, len(rates))
+    rows = math.ceil(len(rates) / cols)
+    fig = Figure(figsize=(3.3 * cols, 2.6 * rows + 0.4), layout="constrained")
+    bins = np.linspace(0, 1, 21)
+    for i, (name, r) in enumerate(rates.items()):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        r = r.cpu().numpy()
+        ax.hist(r, bins=bins, weights=np.full(r.size, 100 / r.size), color="tab:blue")
+        silent, saturated = float((r == 0).mean()), float((r == 1).mean())
+        ax.set_title(f"{name}\nmean {r.mean():.3f}, silent {silent:.0%}, "
+                     f"saturated {saturated:.0%}", fontsize=9)
+        ax.set_xlabel("firing rate (spikes per step)")
+        ax.set_ylabel("neurons (%)")
+        ax.set_xlim(0, 1)
+    fig.suptitle(title or "firing rates per layer", fontsize=11)
+    return fig
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def register(subparsers) -> None:
+    """Add `stbp plot raster` and `stbp plot rates` to the CLI."""
+    plot = subparsers.add_parser("plot", help="spike raster or firing-rate histogram (PNG)")
+    kinds = plot.add_subparsers(dest="plot", required=True, metavar="KIND")
+    raster = kinds.add_parser("raster", help="spike raster of one input")
+    rates = kinds.add_parser("rates", help="histogram of per-neuron firing rates per layer")
+    for p in (raster, rates):
+        p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
+        p.add_argument("--data-dir", default=None, help="data folder (default: the checkpoint's)")
+        p.add_argument("--out", default=None, help="PNG path (default: next to the checkpoint)")
+    raster.add_argument("--sample", type=int, default=0, help="index in the test set")
+    raster.add_argument("--layers", default=None,
+                        help="comma-separated LIF layers, e.g. conv1,fc1 (default: all)")
+    raster.add_argument("--neurons", type=int, default=80, help="neurons shown per layer")
+    raster.set_defaults(func=_cli_raster)
+    rates.add_argument("--batches", type=int, default=10, help="batches to run (default 10)")
+    rates.add_argument("--batch-size", type=int, default=32)
+    rates.set_defaults(func=_cli_rates)
+
+
+def _load(args: argparse.Namespace):
+    from stbp.stats import eval_dataset, load_run
+
+    model, state = load_run(args.checkpoint)
+    return model, eval_dataset(model, state, args.data_dir)
+
+
+def _save(fig: Figure, args: argparse.Namespace, default_name: str) -> int:
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / default_name
+    fig.savefig(out, dpi=100)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cli_raster(args: argparse.Namespace) -> int:
+    model, data = _load(args)
+    if not 0 <= args.sample < len(data):
+        raise SystemExit(f"--sample {args.sample} is out of range: the set has {len(data)}")
+    x, label = data[args.sample]
+    layers = args.layers.split(",") if args.layers else None
+    fig = raster_figure(model, torch.as_tensor(x), layers, args.neurons,
+                        title=f"sample {args.sample} (label {label})")
+    return _save(fig, args, f"raster_sample{args.sample}.png")
+
+
+def _cli_rates(args: argparse.Namespace) -> int:
+    from stbp.stats import neuron_rates
+
+    model, data = _load(args)
+    loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size)
+    rates = neuron_rates(model, loader, args.batches)
+    n = min(len(data), args.batches * args.batch_size)
+    return _save(rates_figure(rates, title=f"firing rates per layer ({n} test samples)"),
+                 args, "rates.png")
