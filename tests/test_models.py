@@ -102,3 +102,22 @@ def test_losses():
     labels = torch.tensor([0, 1])
     assert stbp.rate_mse_loss(scores, labels).item() == pytest.approx(0.125)
     assert stbp.rate_ce_loss(scores, labels).item() > 0
+
+
+def test_spike_input_synapses_save_bool_and_match_plain_gradients():
+    torch.manual_seed(0)
+    model = stbp.build("4C3(Enc)-8C3-MP2-6C3-AP2-8FC-16FC-Voting", (2, 8, 8), T=3)
+    flags = {n: m.binary_input for n, m in model.layers.named_children() if hasattr(m, "binary_input")}
+    assert flags == {"conv1": False, "conv2": True, "pool1": False, "conv3": True, "pool2": False,
+                     "fc1": False, "fc2": True, "voting": True}
+    x = (torch.rand(3, 5, 2, 8, 8) < 0.5).float()
+    labels = torch.randint(0, 10, (5,))
+    stbp.rate_mse_loss(model(x), labels).backward()
+    fused = [p.grad.clone() for p in model.parameters()]
+    for m in model.modules():
+        if isinstance(m, stbp.Temporal):
+            m.binary_input = False
+    model.zero_grad()
+    stbp.rate_mse_loss(model(x), labels).backward()
+    for a, p in zip(fused, model.parameters()):
+        torch.testing.assert_close(a, p.grad)

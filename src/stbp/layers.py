@@ -6,20 +6,74 @@ All take and return multi-step tensors `[T, B, ...]`.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class Temporal(nn.Module):
     """Apply a stateless module (conv, pooling, linear) to all T steps at once by folding
-    time into the batch: `[T, B, ...] -> [T*B, ...] -> module -> [T, B, ...]`."""
+    time into the batch: `[T, B, ...] -> [T*B, ...] -> module -> [T, B, ...]`.
 
-    def __init__(self, module: nn.Module):
+    With `binary_input` (the input is 0/1 spikes), a conv or linear module keeps its input for
+    the backward pass as `bool` instead of floats: 4x less memory, the same gradients.
+    """
+
+    def __init__(self, module: nn.Module, binary_input: bool = False):
         super().__init__()
         self.module = module
+        self.binary_input = binary_input and isinstance(module, (nn.Conv2d, nn.Linear))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.module(x.flatten(0, 1))
+        folded = x.flatten(0, 1)
+        if self.binary_input and torch.is_grad_enabled() and not _autocasting(x):
+            y = SpikeInputSynapse.apply(folded, self.module.weight, self.module.bias,
+                                        _conv_args(self.module))
+        else:
+            y = self.module(folded)
         return y.unflatten(0, x.shape[:2])
+
+    def extra_repr(self) -> str:
+        return "binary_input=True" if self.binary_input else ""
+
+
+def _autocasting(x: torch.Tensor) -> bool:
+    return torch.is_autocast_enabled(x.device.type)
+
+
+def _conv_args(module: nn.Module) -> tuple | None:
+    if isinstance(module, nn.Conv2d):
+        return module.stride, module.padding, module.dilation, module.groups
+    return None
+
+
+class SpikeInputSynapse(torch.autograd.Function):
+    """`conv2d` (with `conv_args`) or `linear` (without) on 0/1 spikes, saving them as bool."""
+
+    @staticmethod
+    def forward(ctx, spikes, weight, bias, conv_args):
+        ctx.save_for_backward(spikes.bool(), weight)
+        ctx.conv_args, ctx.has_bias, ctx.dtype = conv_args, bias is not None, spikes.dtype
+        if conv_args is None:
+            return F.linear(spikes, weight, bias)
+        return F.conv2d(spikes, weight, bias, *conv_args)
+
+    @staticmethod
+    def backward(ctx, grad):
+        saved, weight = ctx.saved_tensors
+        spikes = saved.to(ctx.dtype)
+        need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+        if ctx.conv_args is None:
+            grad_in = grad @ weight if need_input else None
+            grad_w = grad.flatten(0, -2).T @ spikes.flatten(0, -2) if need_weight else None
+            grad_b = grad.flatten(0, -2).sum(0) if need_bias else None
+            return grad_in, grad_w, grad_b, None
+        stride, padding, dilation, groups = ctx.conv_args
+        grad_in, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad, spikes, weight, [weight.shape[0]] if ctx.has_bias else None,
+            stride, padding, dilation, False, [0, 0], groups,
+            [need_input, need_weight, need_bias and ctx.has_bias],
+        )
+        return grad_in, grad_w, grad_b, None
 
 
 class Encoding(Temporal):

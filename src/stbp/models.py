@@ -137,8 +137,10 @@ def build(
             counts[layer.kind] += 1
         name = f"{layer.kind}{counts.get(layer.kind, '')}"
         synapse, shape = _synapse(layer, shape, num_classes, votes, spec)
-        wrapped = Encoding(synapse, T, len(in_shape)) if i == 0 else Temporal(synapse)
-        modules[name] = wrapped
+        if i == 0:
+            modules[name] = Encoding(synapse, T, len(in_shape))
+        else:  # the input is 0/1 spikes straight from LIF neurons (or max-pooled ones)
+            modules[name] = Temporal(synapse, binary_input=_is_binary(modules))
         if layer.kind == "pool":
             continue
         modules[f"lif_{name}"] = LIF(*lif)
@@ -154,6 +156,20 @@ def build(
     }
     threshold_scaled_(model)
     return model
+
+
+def _is_max_pool(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "module", None), nn.MaxPool2d)
+
+
+def _is_binary(modules: dict[str, nn.Module]) -> bool:
+    """Whether the current output (the last module's) is 0/1 spikes."""
+    last = list(modules.values())[-1]
+    if isinstance(last, LIF):
+        return True
+    if _is_max_pool(last):
+        return _is_binary(dict(list(modules.items())[:-1]))
+    return False
 
 
 def rebuild(build_args: dict) -> SNN:

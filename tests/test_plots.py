@@ -1,0 +1,70 @@
+import copy
+
+import pytest
+import torch
+
+import stbp
+from stbp.checkpoint import save_atomic
+from stbp.cli import main
+from stbp.config import DEFAULTS
+from stbp.plots import raster_figure, rates_figure, record_spikes
+from stbp.stats import neuron_rates
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return stbp.build("4C3-AP2-16FC-Voting", (1, 8, 8), T=3)
+
+
+def test_record_spikes_matches_the_network(model):
+    x = torch.rand(1, 8, 8)
+    spikes = record_spikes(model, x, ["conv1", "lif_fc1"])
+    assert list(spikes) == ["lif_conv1", "lif_fc1"]
+    assert spikes["lif_conv1"].shape == (3, 4 * 8 * 8)
+    model(x.unsqueeze(0))
+    assert float(spikes["lif_fc1"].mean()) == pytest.approx(float(model.layers.lif_fc1.last_rate))
+
+
+def test_unknown_layer_names_the_choices(model):
+    with pytest.raises(ValueError, match="no LIF layer 'fc9'; choose from: lif_conv1"):
+        record_spikes(model, torch.rand(1, 8, 8), ["fc9"])
+
+
+def test_raster_figure_static_and_sequence(model, tmp_path):
+    fig = raster_figure(model, torch.rand(1, 8, 8), neurons=10)
+    assert len(fig.axes) == 1 + 3  # the input image, one panel per LIF layer
+    assert fig.axes[-1].get_xlabel() == "time step t"
+    assert all(ax.get_ylabel() == "neuron" for ax in fig.axes[1:])
+    frames = (torch.rand(3, 1, 8, 8) < 0.4).float()
+    fig = raster_figure(model, frames, layers=["fc1"])
+    assert len(fig.axes) == 3 + 1  # one image per input frame, one raster panel
+    fig.savefig(tmp_path / "r.png")
+    assert (tmp_path / "r.png").read_bytes().startswith(PNG)
+
+
+def test_rates_figure(model):
+    x = torch.rand(6, 1, 8, 8)
+    rates = neuron_rates(model, [x])
+    assert set(rates) == {"lif_conv1", "lif_fc1", "lif_voting"}
+    assert rates["lif_fc1"].shape == (16,) and 0 <= float(rates["lif_fc1"].min())
+    fig = rates_figure(rates)
+    assert len(fig.axes) == 3
+    assert fig.axes[0].get_xlabel() == "firing rate (spikes per step)"
+    assert fig.axes[0].get_ylabel() == "neurons (%)"
+
+
+def test_cli_writes_pngs_next_to_the_checkpoint(tmp_path, capsys):
+    net = stbp.build("4C3-AP4-16FC-Voting", (1, 28, 28), T=2)
+    ckpt = tmp_path / "last.pt"
+    save_atomic({"model": net.state_dict(), "build_args": net.build_args,
+                 "config": copy.deepcopy(DEFAULTS)}, ckpt)
+    assert main(["plot", "raster", "--checkpoint", str(ckpt), "--sample", "5"]) == 0
+    assert main(["plot", "rates", "--checkpoint", str(ckpt), "--batches", "1"]) == 0
+    assert (tmp_path / "raster_sample5.png").read_bytes().startswith(PNG)
+    assert (tmp_path / "rates.png").read_bytes().startswith(PNG)
+    assert "raster_sample5.png" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="out of range"):
+        main(["plot", "raster", "--checkpoint", str(ckpt), "--sample", "99999"])

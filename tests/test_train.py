@@ -1,0 +1,157 @@
+"""Training (Algorithm 2): the run folder, eval, NaN stop, and one step of every config."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from stbp import checkpoint as ck
+from stbp.cli import main
+from stbp.config import load_config, merge
+from stbp.train import make_model, run_training
+
+TINY_SPEC = "8C3(Enc)-AP2-16FC-Voting"
+
+
+def tiny_config(**tables):
+    """The demo on a tiny net and a few hundred digits (test split: the last 100)."""
+    base = {
+        "run": {"epochs": 2, "device": "cpu", "max_steps_per_epoch": 4, "eval_batch_size": 50},
+        "data": {"T": 2, "n_train": 9900},
+        "model": {"spec": TINY_SPEC},
+        "optim": {"batch_size": 8},
+    }
+    for table, values in tables.items():
+        base[table] = {**base.get(table, {}), **values}
+    return merge(load_config("demo"), base)
+
+
+def test_a_run_leaves_its_folder(tmp_path):
+    out = tmp_path / "run"
+    summary = run_training(tiny_config(), out)
+    assert {p.name for p in out.iterdir()} >= {
+        "config.toml", "metrics.csv", "last.pt", "best.pt", "curves.png", "summary.json",
+    }  # fmt: skip
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds", "lr"):
+        assert math.isfinite(float(rows[-1][key]))
+    assert any(k.startswith("rate_lif_") for k in rows[-1])
+    stored = json.loads((out / "summary.json").read_text())
+    assert stored["best_test_acc"] == summary["best_test_acc"] and stored["seed"] == 0
+    assert stored["parameters"] > 0 and stored["torch_version"] == torch.__version__
+    state = ck.load_checkpoint(out / "last.pt")
+    assert state["epoch"] == 2 and set(state["rng"]) >= {"python", "numpy", "torch"}
+    assert float(rows[-1]["lr"]) == 0.0  # cosine decay reaches 0 at the end of the run
+
+
+def test_eval_command_reports_the_test_accuracy(tmp_path, capsys):
+    out = tmp_path / "run"
+    summary = run_training(tiny_config(), out)
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert f"accuracy {100 * summary['final_test_acc']:.2f}%" in text
+    assert "firing rate lif_fc1" in text
+
+
+def test_eval_of_a_corrupt_checkpoint_is_one_clear_line(tmp_path, capsys):
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    assert main(["eval", "--checkpoint", str(tmp_path / "last.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "last.pt: not a readable checkpoint" in err and "Traceback" not in err
+
+
+def test_unknown_config_and_missing_data_are_one_clear_line(tmp_path, capsys):
+    assert main(["train", "--config", "nope"]) == 2
+    assert "unknown config 'nope'" in capsys.readouterr().err
+    assert main(["train", "--config", "nmnist", "--data-dir", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "none" in err and "does not exist" in err and "Traceback" not in err
+
+
+def test_resume_refuses_a_checkpoint_of_another_network(tmp_path):
+    out = tmp_path / "run"
+    run_training(tiny_config(run={"epochs": 1}), out)
+    state = ck.load_checkpoint(out / "last.pt")
+    state["build_args"]["spec"] = "8C3(Enc)-AP2-32FC-Voting"
+    state.pop("format")
+    ck.save_atomic(state, out / "last.pt")
+    with pytest.raises(ck.CheckpointError, match="last.pt holds a different network"):
+        run_training(tiny_config(run={"epochs": 2}), out, resume=True)
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch,
+                                                                          capsys):  # fmt: skip
+    out = tmp_path / "run"
+    run_training(tiny_config(run={"epochs": 1}), out)
+    before = (out / "last.pt").read_bytes()
+    import stbp.train as train_module
+
+    real = train_module.LOSSES["mse"]
+    calls = {"n": 0}
+
+    def poisoned(scores, labels):
+        calls["n"] += 1
+        loss = real(scores, labels)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setitem(train_module.LOSSES, "mse", poisoned)
+    code = main(["train", "--config", str(out / "config.toml"), "--out", str(out), "--resume",
+                 "--epochs", "2"])  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "nan at epoch 2, step 3" in err and "last.pt (epoch 1)" in err
+    assert (out / "last.pt").read_bytes() == before
+
+
+# ------------------------------------------------------------ every config, one step
+
+
+def write_cifar10(root, n=4):
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"labels": [int(v) for v in rng.integers(0, 10, n)],
+                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}  # fmt: skip
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from stbp.data.emulate import write_emulated_dvs, write_emulated_nmnist
+
+    root = tmp_path_factory.mktemp("tiny-data")
+    write_emulated_nmnist(root / "nmnist", count=20, workers=1)
+    write_emulated_dvs(root / "dvs", count=20, workers=1)
+    write_cifar10(root / "cifar10")
+    return {"nmnist": root / "nmnist", "cifar10-dvs": root / "dvs", "cifar10": root / "cifar10"}
+
+
+CONFIGS = ["demo", "nmnist", "nmnist-emulated", "dvs-cifar10", "cifar10-small",
+           "cifar10-middle", "cifarnet"]  # fmt: skip
+
+
+@pytest.mark.parametrize("neunorm", [False, True])
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_builds_its_network_and_trains_one_step(name, neunorm, tiny_data, tmp_path):
+    config = load_config(name)
+    kind = config["data"]["dataset"]
+    config["data"]["dir"] = str(tiny_data.get(kind, ""))
+    config["data"].update(T=2, n_train=9996)
+    config["model"]["neunorm"] = neunorm
+    config["optim"]["batch_size"] = 2
+    config["run"].update(epochs=1, max_steps_per_epoch=1, device="cpu", workers=0)
+    summary = run_training(config, tmp_path / name)
+    state = ck.load_checkpoint(tmp_path / name / "last.pt")
+    assert state["epoch"] == 1 and summary["parameters"] > 0
+    expected = make_model(config, tuple(state["build_args"]["in_shape"]))
+    assert state["build_args"] == expected.build_args
+    assert any("alpha" in k for k in state["model"]) == neunorm
