@@ -13,7 +13,7 @@ def test_stbp_learns_real_digits():
     stbp.calibrate_(model, train.images[:64])
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     losses = []
-    for step in range(200):
+    for _ in range(200):
         idx = torch.randint(0, len(train), (32,))
         loss = stbp.rate_mse_loss(model(train.images[idx]), train.labels[idx])
         opt.zero_grad()

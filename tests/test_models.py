@@ -107,7 +107,8 @@ def test_losses():
 def test_spike_input_synapses_save_bool_and_match_plain_gradients():
     torch.manual_seed(0)
     model = stbp.build("4C3(Enc)-8C3-MP2-6C3-AP2-8FC-16FC-Voting", (2, 8, 8), T=3)
-    flags = {n: m.binary_input for n, m in model.layers.named_children() if hasattr(m, "binary_input")}
+    layers = model.layers.named_children()
+    flags = {n: m.binary_input for n, m in layers if isinstance(m, stbp.Temporal)}
     assert flags == {"conv1": False, "conv2": True, "pool1": False, "conv3": True, "pool2": False,
                      "fc1": False, "fc2": True, "voting": True}
     x = (torch.rand(3, 5, 2, 8, 8) < 0.5).float()
@@ -119,5 +120,5 @@ def test_spike_input_synapses_save_bool_and_match_plain_gradients():
             m.binary_input = False
     model.zero_grad()
     stbp.rate_mse_loss(model(x), labels).backward()
-    for a, p in zip(fused, model.parameters()):
+    for a, p in zip(fused, model.parameters(), strict=True):
         torch.testing.assert_close(a, p.grad)
