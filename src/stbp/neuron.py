@@ -103,6 +103,8 @@ def _kernels():
 
 
 def _run(kernel_index: int, *args):
+    # Plain contiguous tensors (no views, no autograd flags) keep the compiled guards simple.
+    args = [a.detach().contiguous() if isinstance(a, torch.Tensor) else a for a in args]
     kernel = _kernels()[kernel_index]
     try:
         return kernel(*args)
