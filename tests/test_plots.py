@@ -37,7 +37,8 @@ def test_raster_figure_static_and_sequence(model, tmp_path):
     fig = raster_figure(model, torch.rand(1, 8, 8), neurons=10)
     assert len(fig.axes) == 1 + 3  # the input image, one panel per LIF layer
     assert fig.axes[-1].get_xlabel() == "time step t"
-    assert all(ax.get_ylabel() == "neuron" for ax in fig.axes[1:])
+    assert [ax.get_ylabel() for ax in fig.axes[1:]] == ["neuron", "neuron", "voters of class"]
+    assert "100 neurons" in fig.axes[-1].get_title(loc="left")  # the voting layer is shown whole
     frames = (torch.rand(3, 1, 8, 8) < 0.4).float()
     fig = raster_figure(model, frames, layers=["fc1"])
     assert len(fig.axes) == 3 + 1  # one image per input frame, one raster panel
@@ -66,5 +67,5 @@ def test_cli_writes_pngs_next_to_the_checkpoint(tmp_path, capsys):
     assert (tmp_path / "raster_sample5.png").read_bytes().startswith(PNG)
     assert (tmp_path / "rates.png").read_bytes().startswith(PNG)
     assert "raster_sample5.png" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="out of range"):
-        main(["plot", "raster", "--checkpoint", str(ckpt), "--sample", "99999"])
+    assert main(["plot", "raster", "--checkpoint", str(ckpt), "--sample", "99999"]) == 2
+    assert "--sample 99999 is out of range" in capsys.readouterr().err

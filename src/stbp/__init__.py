@@ -18,7 +18,9 @@ from stbp.models import (
     rebuild,
 )
 from stbp.neunorm import NeuNorm
+from stbp.nir_export import export_nir, import_nir
 from stbp.neuron import LIF, LIFParameters
+from stbp.stats import stats
 
 __version__ = "0.1.0"
 
@@ -34,13 +36,16 @@ __all__ = [
     "Voting",
     "build",
     "calibrate_",
+    "export_nir",
     "firing_rates",
     "functional",
+    "import_nir",
     "paper_network",
     "parse",
     "rate_ce_loss",
     "rate_mse_loss",
     "rebuild",
+    "stats",
     "surrogate",
     "threshold_scaled_",
 ]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +34,10 @@ from torch import nn
 from stbp.layers import Encoding, SeqDropout, Temporal, Voting
 from stbp.models import SNN
 from stbp.neuron import LIF
+from stbp.stats import friendly, load_run
+
+if TYPE_CHECKING:
+    import nir
 
 DEFAULT_DT = 1e-3
 
@@ -54,7 +59,9 @@ def _array(t: torch.Tensor) -> np.ndarray:
 # ---------------------------------------------------------------------------------- export
 
 
-def export_nir(model: SNN, path: str | Path | None = None, dt: float = DEFAULT_DT):
+def export_nir(
+    model: SNN, path: str | Path | None = None, dt: float = DEFAULT_DT
+) -> nir.NIRGraph:
     """Write `model` to `path` as a NIR graph (HDF5) and return the `nir.NIRGraph`.
 
     `dt` is the duration of one time step (seconds) used to map the LIF decay to NIR's time
@@ -107,7 +114,10 @@ def _export_layer(nir, name: str, module: nn.Module, shape: tuple, dt: float):
 
 def _export_lif(nir, module: LIF, shape: tuple, dt: float):
     decay, threshold = float(module.p.decay), float(module.p.threshold)
-    full = lambda v: np.full(shape, v, dtype=np.float64)  # noqa: E731
+
+    def full(value: float) -> np.ndarray:
+        return np.full(shape, value, dtype=np.float64)
+
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"LIF decay {decay} is outside [0, 1]; NIR has no equivalent")
     if decay == 1.0:
@@ -170,7 +180,9 @@ def _voting_matrix(vote: Voting) -> np.ndarray:
 # ---------------------------------------------------------------------------------- import
 
 
-def import_nir(source, dt: float | None = None, T: int | None = None) -> SNN:
+def import_nir(
+    source: str | Path | nir.NIRGraph, dt: float | None = None, T: int | None = None
+) -> SNN:
     """Build a runnable `stbp.SNN` from a NIR graph (a file path or a `nir.NIRGraph`).
 
     The graph must be a chain Input -> ... -> Output of the nodes `export_nir` writes. `dt`
@@ -195,7 +207,7 @@ def import_nir(source, dt: float | None = None, T: int | None = None) -> SNN:
                               T=T, in_dims=len(in_shape))
         pending_flatten = False
         modules[name] = module
-    vote = modules.get(next(reversed(modules))) if modules else None
+    vote = list(modules.values())[-1] if modules else None
     if not isinstance(vote, Voting):
         raise ValueError("the graph must end with the voting matrix (a Linear node) to be "
                          "imported as an stbp SNN")
@@ -318,12 +330,10 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output file, e.g. model.nir")
     p.add_argument("--dt", type=float, default=DEFAULT_DT,
                    help=f"seconds per time step for the LIF mapping (default {DEFAULT_DT})")
-    p.set_defaults(func=_cli)
+    p.set_defaults(func=friendly(_cli))
 
 
 def _cli(args: argparse.Namespace) -> int:
-    from stbp.stats import load_run
-
     model, _ = load_run(args.checkpoint)
     graph = export_nir(model, args.out, dt=args.dt)
     print(f"wrote {args.out}: {len(graph.nodes)} NIR nodes, dt = {args.dt} s per step")

@@ -15,7 +15,9 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from stbp.layers import Voting
 from stbp.neuron import LIF
+from stbp.stats import eval_dataset, friendly, load_run, neuron_rates
 
 
 def _lif_layers(model: nn.Module, names: list[str] | None) -> dict[str, LIF]:
@@ -87,42 +89,71 @@ def _draw_input(fig: Figure, spec, x: torch.Tensor, static: bool) -> None:
         ax.imshow(image, **opts)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title("input (every step)" if static else f"input t={i}", fontsize=9)
+        ax.set_title("input (every step)" if static else f"input t={i}" if i == 0 else f"t={i}",
+                     fontsize=8)
 
 
 def raster_figure(model: nn.Module, x: torch.Tensor, layers: list[str] | None = None,
-                  neurons: int = 80, title: str = "") -> Figure:
+                  neurons: int = 40, title: str = "") -> Figure:
     """Spike raster of the chosen LIF layers for one sample, its input frames beside it.
 
-    Each panel shows up to `neurons` neurons of a layer, evenly spaced over the layer."""
+    Each panel shows up to `neurons` neurons of a layer, evenly spaced over the layer; the
+    voting layer is shown whole, its neurons grouped by the class they vote for."""
     spikes = record_spikes(model, x, layers)
     static = x.dim() == len(model.in_shape)
-    fig = Figure(figsize=(9, 1.2 + 1.5 * len(spikes)), layout="constrained")
+    voters = _voting_lif(model)
+    fig = Figure(figsize=(7.5, 1.2 + 1.5 * len(spikes)), layout="constrained")
     outer = fig.add_gridspec(1, 2, width_ratios=[1, 3])
     _draw_input(fig, outer[0], x, static)
     panels = outer[1].subgridspec(len(spikes), 1)
     axes = []
     for i, (name, s) in enumerate(spikes.items()):
         ax = fig.add_subplot(panels[i], sharex=axes[0] if axes else None)
-        _draw_raster(ax, name, s, neurons)
+        if voters is not None and name == voters[0]:
+            _draw_raster(ax, name, s, s.shape[1], separators=False)
+            _label_classes(ax, voters[1])
+        else:
+            _draw_raster(ax, name, s, neurons)
         axes.append(ax)
     axes[-1].set_xlabel("time step t")
-    fig.suptitle(title or "spike raster", fontsize=11)
+    events = x.shape[-3] == 2
+    note = "\ninput: ON events red, OFF events blue" if events else ""
+    fig.suptitle((title or "spike raster") + note, fontsize=10)
     return fig
 
 
-def _draw_raster(ax, name: str, s: torch.Tensor, neurons: int) -> None:
+def _voting_lif(model: nn.Module) -> tuple[str, Voting] | None:
+    """The LIF layer feeding the voting layer, and the voting layer."""
+    children = list(model.layers.named_children())
+    for (name, before), (_, after) in zip(children, children[1:], strict=False):
+        if isinstance(before, LIF) and isinstance(after, Voting):
+            return name, after
+    return None
+
+
+def _label_classes(ax, vote: Voting) -> None:
+    bounds = np.arange(1, vote.num_classes) * vote.votes - 0.5
+    ax.hlines(bounds, -0.5, ax.get_xlim()[1], color="tab:red", lw=0.6)
+    ax.set_yticks(np.arange(vote.num_classes) * vote.votes + (vote.votes - 1) / 2,
+                  [str(c) for c in range(vote.num_classes)], fontsize=7)
+    ax.set_ylabel("voters of class")
+
+
+def _draw_raster(ax, name: str, s: torch.Tensor, neurons: int, separators: bool = True) -> None:
+    """One layer's spikes as a neuron x time grid: a black cell is a spike."""
     steps, total = s.shape
     idx = np.unique(np.linspace(0, total - 1, min(neurons, total)).round().astype(int))
-    t, n = np.nonzero(s[:, idx].cpu().numpy())
-    ax.scatter(t, n, marker="|", s=30, linewidths=1.2, color="black")
-    ax.set_xlim(-0.5, steps - 0.5)
-    ax.set_ylim(-0.5, len(idx) - 0.5)
+    grid = s[:, idx].T.float().cpu().numpy()
+    ax.imshow(grid, cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest",
+              origin="lower", extent=(-0.5, steps - 0.5, -0.5, len(idx) - 0.5))
+    ax.vlines(np.arange(steps - 1) + 0.5, -0.5, len(idx) - 0.5, color="white", lw=2)
+    if separators:
+        ax.hlines(np.arange(len(idx) - 1) + 0.5, -0.5, steps - 0.5, color="white", lw=0.4)
     ax.set_xticks(range(steps))
     ax.set_ylabel("neuron")
     rate = float(s.float().mean())
-    ax.set_title(f"{name}: {len(idx)} of {total:,} neurons shown, rate {rate:.3f}",
-                 fontsize=9, loc="left")
+    shown = f"{len(idx)} of {total:,} neurons shown" if len(idx) < total else f"{total} neurons"
+    ax.set_title(f"{name}: {shown}, rate {rate:.3f}", fontsize=9, loc="left")
 
 
 def rates_figure(rates: dict[str, torch.Tensor], title: str = "") -> Figure:
@@ -161,16 +192,14 @@ def register(subparsers) -> None:
     raster.add_argument("--sample", type=int, default=0, help="index in the test set")
     raster.add_argument("--layers", default=None,
                         help="comma-separated LIF layers, e.g. conv1,fc1 (default: all)")
-    raster.add_argument("--neurons", type=int, default=80, help="neurons shown per layer")
-    raster.set_defaults(func=_cli_raster)
+    raster.add_argument("--neurons", type=int, default=40, help="neurons shown per layer")
+    raster.set_defaults(func=friendly(_cli_raster))
     rates.add_argument("--batches", type=int, default=10, help="batches to run (default 10)")
     rates.add_argument("--batch-size", type=int, default=32)
-    rates.set_defaults(func=_cli_rates)
+    rates.set_defaults(func=friendly(_cli_rates))
 
 
 def _load(args: argparse.Namespace):
-    from stbp.stats import eval_dataset, load_run
-
     model, state = load_run(args.checkpoint)
     return model, eval_dataset(model, state, args.data_dir)
 
@@ -185,7 +214,8 @@ def _save(fig: Figure, args: argparse.Namespace, default_name: str) -> int:
 def _cli_raster(args: argparse.Namespace) -> int:
     model, data = _load(args)
     if not 0 <= args.sample < len(data):
-        raise SystemExit(f"--sample {args.sample} is out of range: the set has {len(data)}")
+        raise ValueError(f"--sample {args.sample} is out of range: the test set has "
+                         f"{len(data)} samples")
     x, label = data[args.sample]
     layers = args.layers.split(",") if args.layers else None
     fig = raster_figure(model, torch.as_tensor(x), layers, args.neurons,
@@ -194,8 +224,6 @@ def _cli_raster(args: argparse.Namespace) -> int:
 
 
 def _cli_rates(args: argparse.Namespace) -> int:
-    from stbp.stats import neuron_rates
-
     model, data = _load(args)
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size)
     rates = neuron_rates(model, loader, args.batches)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -293,6 +294,19 @@ def eval_dataset(model: nn.Module, state: dict, data_dir: str | Path | None = No
 # ---------------------------------------------------------------------------------- CLI
 
 
+def friendly(func):
+    """Wrap a sub-command so errors a user can act on print as one line (exit code 2)."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+            print(f"stbp {args.command}: error: {err}", file=sys.stderr)
+            return 2
+
+    return run
+
+
 def register(subparsers) -> None:
     """Add `stbp stats` to the CLI."""
     p = subparsers.add_parser(
@@ -305,7 +319,7 @@ def register(subparsers) -> None:
     p.add_argument("--energy-ac", type=float, default=0.9, help="pJ per accumulate (0.9)")
     p.add_argument("--energy-mac", type=float, default=4.6, help="pJ per MAC (4.6)")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
-    p.set_defaults(func=_cli)
+    p.set_defaults(func=friendly(_cli))
 
 
 def _cli(args: argparse.Namespace) -> int:
