@@ -244,17 +244,18 @@ def run_row(row: str, T: int, args, precision: str) -> dict:
 
 
 def plan(args) -> list[tuple[str, int, str]]:
+    """Rows in run order: T in the order given; all rows at the T of --full-T, only
+    --few-rows at the others; the peers right after the first T of --peers-T."""
     jobs = []
     for T in args.T:
+        rows = OWN_ROWS if T in args.full_T else args.few_rows
         for row in OWN_ROWS:
-            if T >= args.heavy_T and row not in args.heavy_rows:
+            if row not in rows or row not in args.rows:
                 continue
             precisions = args.precision if row in PRECISION_ROWS else ["fp32"]
             for precision in precisions:
-                if row in args.rows:
-                    jobs.append((row, T, precision))
-    if args.peers:
-        for T in args.peers_T:
+                jobs.append((row, T, precision))
+        if args.peers and T in args.peers_T:
             for row in PEER_ROWS:
                 jobs.append((row, T, "fp32"))
     return jobs
@@ -339,6 +340,15 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+def save(results: list[dict], info: dict, args) -> None:
+    """Sort by T (then run order), add the ratios, write the CSV and JSON."""
+    results.sort(key=lambda r: r["T"])
+    add_ratios(results)
+    write_csv(results, args.out / f"{args.name}.csv")
+    payload = {"machine": info, "command": sys.argv, "results": results}
+    (args.out / f"{args.name}.json").write_text(json.dumps(payload, indent=1))
+
+
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
 
@@ -354,9 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", action="store_true", help="also snnTorch, Norse, SpikingJelly")
     ap.add_argument("--peers-T", type=_ints, default=[10], help="T for the peer rows")
     ap.add_argument("--rows", type=_names, default=OWN_ROWS, help=",".join(OWN_ROWS))
-    ap.add_argument("--heavy-T", type=int, default=40,
-                    help="at this T and above, run only --heavy-rows (default 40)")
-    ap.add_argument("--heavy-rows", type=_names, default=["loop", "stbp"])
+    ap.add_argument("--full-T", type=_ints, default=[5, 10, 20],
+                    help="T at which every row runs (default 5,10,20)")
+    ap.add_argument("--few-rows", type=_names, default=["loop", "stbp"],
+                    help="the rows run at the other T (default loop,stbp)")
     ap.add_argument("--batch", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
@@ -379,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
     print("command: python " + " ".join([os.path.relpath(__file__), *sys.argv[1:]]), flush=True)
-    results = []
+    results: list[dict] = []
+    args.out.mkdir(parents=True, exist_ok=True)
     for row, T, precision in plan(args):
         t0 = time.perf_counter()
         r = run_row(row, T, args, precision)
@@ -387,13 +399,9 @@ def main(argv: list[str] | None = None) -> int:
         shown = r.get("error") or f"{r['ms_per_step']:.0f} ms/step, {r['peak_mem_mb']:.0f} MB"
         print(f"  {LABELS[row]:32s} T={T:<3d} {precision}: {shown} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    add_ratios(results)
+        save(results, info, args)  # after every row, so an interrupted run keeps its rows
     print()
     print(table(results))
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_csv(results, args.out / f"{args.name}.csv")
-    (args.out / f"{args.name}.json").write_text(json.dumps({"machine": info,
-                                                            "results": results}, indent=1))
     plot(results, args.out / f"{args.name}.png")
     print(f"\nwrote {args.out / (args.name + '.csv')} and .png/.json")
     return 0

@@ -26,7 +26,11 @@ def test_shipped_configs_load_and_name_a_known_network(name):
 def test_demo_starts_from_the_agreed_settings():
     config = load_config("demo")
     assert config["model"]["network"] == "mnist-demo"
-    assert (config["data"]["T"], config["optim"]["batch_size"], config["run"]["epochs"]) == (6, 50, 8)
+    assert (config["data"]["T"], config["optim"]["batch_size"], config["run"]["epochs"]) == (
+        6,
+        50,
+        8,
+    )
     assert (config["optim"]["optimizer"], config["optim"]["schedule"]) == ("adam", "cosine")
     assert config["data"]["augment_shift"] == 2
 

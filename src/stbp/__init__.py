@@ -18,8 +18,8 @@ from stbp.models import (
     rebuild,
 )
 from stbp.neunorm import NeuNorm
-from stbp.nir_export import export_nir, import_nir
 from stbp.neuron import LIF, LIFParameters
+from stbp.nir_export import export_nir, import_nir
 from stbp.stats import stats
 
 __version__ = "0.1.0"
