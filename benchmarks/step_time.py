@@ -346,7 +346,9 @@ def save(results: list[dict], info: dict, args) -> None:
     add_ratios(results)
     write_csv(results, args.out / f"{args.name}.csv")
     payload = {"machine": info, "command": sys.argv, "results": results}
-    (args.out / f"{args.name}.json").write_text(json.dumps(payload, indent=1))
+    tmp = args.out / f"{args.name}.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(args.out / f"{args.name}.json")
 
 
 def _ints(text: str) -> list[int]:
@@ -377,7 +379,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker", help="run one row in this process (e.g. stbp) and print it")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="with --worker: also profile one step, print the top N ops")
+    ap.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                    help="no run: combine the .json of earlier runs into --name's CSV/PNG")
     args = ap.parse_args(argv)
+
+    if args.merge:
+        runs = [json.loads(path.read_text()) for path in args.merge]
+        results = [r for run in runs for r in run["results"]]
+        args.out.mkdir(parents=True, exist_ok=True)
+        save(results, runs[0]["machine"], args)
+        print(table(results))
+        plot(results, args.out / f"{args.name}.png")
+        return 0
 
     if args.worker:
         result = worker(args.worker, args.T[0], args.batch, args.precision[0],
