@@ -122,3 +122,14 @@ def test_spike_input_synapses_save_bool_and_match_plain_gradients():
     stbp.rate_mse_loss(model(x), labels).backward()
     for a, p in zip(fused, model.parameters(), strict=True):
         torch.testing.assert_close(a, p.grad)
+
+
+def test_spike_avg_pool_matches_avg_pool_gradients():
+    x = torch.rand(4, 3, 7, 9, dtype=torch.float64, requires_grad=True)  # odd sizes: floor
+    pooled = stbp.layers.SpikeAvgPool(2)(x)
+    ref = torch.nn.AvgPool2d(2)(x)
+    assert torch.equal(pooled, ref)
+    g = torch.randn_like(ref)
+    (a,) = torch.autograd.grad(pooled, x, g)
+    (b,) = torch.autograd.grad(ref, x, g)
+    torch.testing.assert_close(a, b)

@@ -46,6 +46,33 @@ def _conv_args(module: nn.Module) -> tuple | None:
     return None
 
 
+class SpikeAvgPool(nn.AvgPool2d):
+    """`k x k` average pooling (stride k) that keeps only the input's shape for backward.
+
+    `nn.AvgPool2d` saves its whole input for the backward pass, which it does not need: the
+    gradient is the output gradient spread evenly over each window.
+    """
+
+    def __init__(self, kernel_size: int):
+        super().__init__(kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ShapeOnlyAvgPool.apply(x, self.kernel_size)
+
+
+class ShapeOnlyAvgPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, k):
+        ctx.k, ctx.shape = k, x.shape
+        return F.avg_pool2d(x, k)
+
+    @staticmethod
+    def backward(ctx, grad):
+        k, (h, w) = ctx.k, ctx.shape[-2:]
+        spread = grad.repeat_interleave(k, -2).repeat_interleave(k, -1) / (k * k)
+        return F.pad(spread, (0, w - spread.shape[-1], 0, h - spread.shape[-2])), None
+
+
 class SpikeInputSynapse(torch.autograd.Function):
     """`conv2d` (with `conv_args`) or `linear` (without) on 0/1 spikes, saving them as bool."""
 

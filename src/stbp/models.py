@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from stbp.init import threshold_scaled_
-from stbp.layers import Encoding, SeqDropout, Temporal, Voting
+from stbp.layers import Encoding, SeqDropout, SpikeAvgPool, Temporal, Voting
 from stbp.neunorm import NeuNorm
 from stbp.neuron import LIF, LIFParameters
 
@@ -195,7 +195,7 @@ def _synapse(layer: Layer, shape: tuple[int, ...], num_classes: int, votes: int,
                 f"bad layer {layer.token!r} in {spec!r}: pooling a {shape[1]}x{shape[2]} map "
                 f"by {layer.size} leaves less than 1x1"
             )
-        pool = nn.AvgPool2d if layer.pool == "A" else nn.MaxPool2d
+        pool = SpikeAvgPool if layer.pool == "A" else nn.MaxPool2d
         return pool(layer.size), (shape[0], *out_hw)
     features = layer.size if layer.kind == "fc" else num_classes * votes
     fan_in = 1
