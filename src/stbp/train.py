@@ -189,7 +189,6 @@ def make_run(config: dict, ctx: dd.Context, out: str | Path | None, resume: bool
     state = None
     if resume:
         state = ck.load_checkpoint(last)
-        config = _resumed_config(state["config"], config)
     seed_everything(config["run"]["seed"])
     train_set, test_set = make_datasets(config)
     model = make_model(config, in_shape(train_set)).to(ctx.device)
@@ -197,9 +196,8 @@ def make_run(config: dict, ctx: dd.Context, out: str | Path | None, resume: bool
     optimizer = make_optimizer(model, optim)
     batches = dd.Batches(train_set, config, ctx, train=True)
     run = Run(config, ctx, out, model, model, optimizer, None, batches, test_set, 0)
-    limit = config["run"]["max_steps_per_epoch"]
-    run.steps_per_epoch = limit or len(train_set)
-    run.steps_per_epoch = len(run.epoch_batches(0))
+    run.steps_per_epoch = config["run"]["max_steps_per_epoch"] or len(train_set)
+    run.steps_per_epoch = len(run.epoch_batches(0))  # at most the number of batches
     run.schedule = make_schedule(optimizer, optim, run.steps_per_epoch, config["run"]["epochs"])
     if state is not None:
         _restore(run, state, last)
@@ -209,15 +207,6 @@ def make_run(config: dict, ctx: dd.Context, out: str | Path | None, resume: bool
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         run.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     return run
-
-
-def _resumed_config(stored: dict, given: dict) -> dict:
-    """The stored config, with the epochs of the command line (to extend a run)."""
-    config = {table: dict(values) for table, values in stored.items()}
-    config["run"]["epochs"] = given["run"]["epochs"]
-    config["run"]["device"] = given["run"]["device"]
-    config["data"]["dir"] = given["data"]["dir"] or config["data"]["dir"]
-    return config
 
 
 def _calibrate(run: Run) -> None:
