@@ -17,7 +17,9 @@ MSE voting loss. Every row runs in its own subprocess (so its peak memory is its
 Prints the table (ms/step, samples/s, peak memory, ratios against the per-step loop at the
 same T) and writes benchmarks/results/step_time.csv and step_time.png.
 
-Time: median of --steps steps after --warmup steps (the first compiles). Memory on CPU: the
+Time: median of --steps steps after --warmup steps (the first compiles), every row with glibc
+keeping freed memory for reuse as `stbp train` does (STBP_MALLOC=default: glibc's own
+behaviour, which maps and zeroes big blocks afresh at every allocation). Memory on CPU: the
 peak resident set size (VmHWM, reset through /proc/self/clear_refs) during one extra training
 step, minus the RSS just before it, with glibc told to serve every block of 64 KiB or more by
 mmap (mallopt) and its free heap trimmed first, so freed activations leave the RSS and the peak
@@ -70,11 +72,25 @@ def _status_kb(field: str) -> int:
     raise KeyError(field)
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
+
+
+def _reuse_freed_memory() -> None:
+    """The allocator setting of `stbp train` (`stbp.train.reuse_freed_memory`), given to every
+    row alike (this file also runs in the peers' environment, without stbp)."""
+    if os.environ.get("STBP_MALLOC") != "default":
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_MAX, 0)
+        libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+
+
 def _prepare_memory_measure() -> str:
     """Make freed memory leave the RSS, then reset the peak RSS; returns the method used."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: fixed, so big blocks are unmapped
+        libc.mallopt(M_MMAP_MAX, 65536)  # glibc's default: mmap on again
+        libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)  # fixed, so big blocks are unmapped
+        libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
         libc.malloc_trim(0)
     except OSError:
         pass
@@ -140,6 +156,13 @@ def worker(row: str, T: int, batch: int, precision: str, warmup: int, steps: int
             torch.cuda.synchronize()
         return loss
 
+    # Memory is measured with glibc's own mmap behaviour (each big block its own mapping, so
+    # the RSS follows the live tensors); time with freed memory reused, as `stbp train` runs.
+    reuse = device.type == "cpu" and os.environ.get("STBP_MALLOC") != "default"
+    if reuse:
+        step()  # compiles, allocates Adam's state
+        peak_mb, method = _measure_memory(step, device)
+        _reuse_freed_memory()
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
@@ -158,21 +181,8 @@ def worker(row: str, T: int, batch: int, precision: str, warmup: int, steps: int
             step()
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile))
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step()
-        peak_mb = (torch.cuda.max_memory_allocated() - before) / 2**20
-        method = "cuda.max_memory_allocated"
-    else:
-        import gc
-
-        gc.collect()
-        method = _prepare_memory_measure()
-        before_kb = _status_kb("VmRSS")
-        step()
-        peak_kb = _status_kb("VmHWM") if method == "VmHWM" else _ru_maxrss_kb()
-        peak_mb = (peak_kb - before_kb) / 1024
+    if not reuse:
+        peak_mb, method = _measure_memory(step, device)
     ms = statistics.median(times) * 1000
     return {
         "row": row, "T": T, "batch": batch, "precision": precision,
@@ -181,6 +191,25 @@ def worker(row: str, T: int, batch: int, precision: str, warmup: int, steps: int
         "memory_method": method, "version": version, "torch": torch.__version__,
         "device": device.type, "threads": torch.get_num_threads(),
     }
+
+
+def _measure_memory(step, device) -> tuple[float, str]:
+    """Peak memory of one more training step, in MB, and the method used."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20, "cuda.max_memory_allocated"
+    import gc
+
+    gc.collect()
+    method = _prepare_memory_measure()
+    before_kb = _status_kb("VmRSS")
+    step()
+    peak_kb = _status_kb("VmHWM") if method == "VmHWM" else _ru_maxrss_kb()
+    return (peak_kb - before_kb) / 1024, method
 
 
 def _ru_maxrss_kb() -> int:
@@ -213,6 +242,7 @@ def machine_info() -> dict:
         info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
         info["mkldnn_bf16"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         info["threads"] = torch.get_num_threads()
+        info["malloc"] = os.environ.get("STBP_MALLOC", "reuse freed memory")
     except Exception as err:  # noqa: BLE001 - informative only
         info["torch"] = f"unavailable ({err})"
     return info

@@ -165,3 +165,16 @@ def test_every_config_trains_one_step_on_tiny_data(name, tiny_data, tmp_path):
     state = ck.load_checkpoint(tmp_path / name / "last.pt")
     assert state["epoch"] == 1 and summary["parameters"] > 0
     assert math.isfinite(state["history"][0]["train_loss"])
+
+
+def test_freed_memory_is_reused_unless_told_not_to(monkeypatch):
+    import sys
+
+    from stbp.train import reuse_freed_memory
+
+    monkeypatch.setenv("STBP_MALLOC", "default")
+    assert reuse_freed_memory() is False
+    monkeypatch.delenv("STBP_MALLOC")
+    assert reuse_freed_memory() is sys.platform.startswith("linux")
+    big = torch.ones(64, 2**20)  # 256 MB: served from the heap now, and freed back to it
+    assert float(big.sum()) == 64 * 2**20

@@ -40,6 +40,8 @@ DEFAULTS: dict[str, dict] = {
         "T": 8,  # time window: frames per recording, steps per static image
         "augment_shift": 0,  # random shift of static images by up to this many pixels
         "augment_flip": False,  # random horizontal flip of static images
+        "augment_rotate": 0.0,  # random rotation of static images by up to this many degrees
+        "augment_scale": 0.0,  # random zoom of static images by a factor in [1 - s, 1 + s]
         "split": "random-9:1",  # CIFAR10-DVS: random-9:1 | first-100-test
         "size": 0,  # event frames resized to size x size (0: sensor size)
         "frame_split": "time",  # time | number

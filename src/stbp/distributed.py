@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from stbp.config import ConfigError
 from stbp.data import CIFAR10, MNIST10k
-from stbp.data.mnist10k import random_shift
+from stbp.data.mnist10k import random_affine, random_shift
 
 
 @dataclass(frozen=True)
@@ -124,12 +124,14 @@ class Batches:
         self.dataset, self.ctx, self.train = dataset, ctx, train
         self.shift = config["data"]["augment_shift"] if train else 0
         self.flip = config["data"]["augment_flip"] and train
+        self.rotate = config["data"]["augment_rotate"] if train else 0.0
+        self.scale = config["data"]["augment_scale"] if train else 0.0
         self.workers = config["run"]["workers"]
         self.in_memory = isinstance(dataset, (MNIST10k, CIFAR10))
 
     def __call__(self, batches: list, generator: torch.Generator | None = None) -> Iterator:
         local = [shard(b, self.ctx) for b in batches]
-        source = self._tensors(local, generator) if self.in_memory else self._loader(local)
+        source = (self._tensors if self.in_memory else self._loader)(local, generator)
         for x, y in source:
             yield x.to(self.ctx.device, non_blocking=True), y.to(self.ctx.device, non_blocking=True)
 
@@ -139,6 +141,8 @@ class Batches:
             x = ds.images[idx]
             if x.dtype == torch.uint8:
                 x = x.float().div_(255.0)
+            if self.rotate or self.scale:
+                x = random_affine(x, self.rotate, self.scale, generator)
             if self.shift:
                 x = random_shift(x, self.shift, generator)
             if self.flip:
@@ -148,10 +152,12 @@ class Batches:
                 x = (x - ds.mean) / ds.std
             yield x, ds.labels[idx]
 
-    def _loader(self, batches: list) -> Iterator:
+    def _loader(self, batches: list, generator: torch.Generator | None) -> Iterator:
         loader = DataLoader(
             self.dataset, batch_sampler=[b.tolist() for b in batches],
             num_workers=self.workers, pin_memory=self.ctx.device.type == "cuda",
         )  # fmt: skip
         for x, y in loader:
+            if self.shift:  # one shift per recording, the same for all its frames
+                x = random_shift(x.flatten(1, 2), self.shift, generator).view(x.shape)
             yield x.transpose(0, 1), y  # [B, T, C, H, W] -> [T, B, C, H, W]

@@ -16,6 +16,8 @@ class Temporal(nn.Module):
 
     With `binary_input` (the input is 0/1 spikes), a conv or linear module keeps its input for
     the backward pass as `bool` instead of floats: 4x less memory, the same gradients.
+    Convolutions run in `channels_last`, which oneDNN and cuDNN run faster; the layers after
+    keep that layout.
     """
 
     def __init__(self, module: nn.Module, binary_input: bool = False):
@@ -25,6 +27,8 @@ class Temporal(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         folded = x.flatten(0, 1)
+        if isinstance(self.module, nn.Conv2d):
+            folded = folded.contiguous(memory_format=torch.channels_last)
         if self.binary_input and torch.is_grad_enabled() and not _autocasting(x):
             y = SpikeInputSynapse.apply(folded, self.module.weight, self.module.bias,
                                         _conv_args(self.module))

@@ -61,31 +61,39 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def scan_forward(x: torch.Tensor, decay: float, threshold: float):
-    """Algorithm 1 without a graph: returns `(u, spikes)`, `u` kept in the input's dtype."""
+    """Algorithm 1 without a graph: returns `(u, spikes)`, both in the input's dtype (`u` is
+    computed in at least fp32 and stored rounded)."""
     u = x[0].to(_compute_dtype(x.dtype))
-    potentials = [u]
-    for x_t in x[1:]:
-        u = x_t + decay * torch.where(u > threshold, 0.0, u)
-        potentials.append(u)
-    u_all = torch.stack(potentials)
-    return u_all.to(x.dtype), (u_all > threshold).to(x.dtype)
+    potentials, spikes = [], []
+    for t in range(x.shape[0]):
+        if t:
+            u = x[t] + decay * torch.where(u > threshold, 0.0, u)
+        potentials.append(u.to(x.dtype))
+        spikes.append((u > threshold).to(x.dtype))
+    return torch.stack(potentials), torch.stack(spikes)
 
 
 def scan_backward(
     u_all: torch.Tensor, grad: torch.Tensor, decay: float, threshold: float,
     surrogate: str, width: float,
 ) -> torch.Tensor:
-    """STBP through Algorithm 1 as a linear scan (see `LIFFunction`): returns dL/dx."""
-    u = u_all.to(_compute_dtype(u_all.dtype))
-    h = sg.get(surrogate)(u - threshold, width)
-    carry = decay * ((u <= threshold).to(u.dtype) - u * h)
-    a = grad.to(u.dtype) * h
-    g = a[-1]
-    grads = [g]
-    for t in range(u.shape[0] - 2, -1, -1):
-        g = a[t] + carry[t] * g
-        grads.append(g)
-    return torch.stack(grads[::-1]).to(grad.dtype)
+    """STBP through Algorithm 1 as a linear scan (see `LIFFunction`): returns dL/dx.
+
+    Step by step from the last, so that no per-step coefficient is kept for the whole window.
+    """
+    surrogate_fn = sg.get(surrogate)
+    compute = _compute_dtype(u_all.dtype)
+    g = None
+    grads = []
+    for t in range(u_all.shape[0] - 1, -1, -1):
+        u = u_all[t].to(compute)
+        h = surrogate_fn(u - threshold, width)
+        g_t = grad[t].to(compute) * h
+        if g is not None:
+            g_t = g_t + decay * ((u <= threshold).to(compute) - u * h) * g
+        g = g_t
+        grads.append(g.to(grad.dtype))
+    return torch.stack(grads[::-1])
 
 
 _COMPILED: dict = {}

@@ -10,6 +10,7 @@ from importlib import resources
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 N_TRAIN = 8000
@@ -37,6 +38,22 @@ def random_shift(images: torch.Tensor, max_shift: int, generator=None) -> torch.
     batch = torch.arange(b)[:, None, None, None]
     chan = torch.arange(images.shape[1])[None, :, None, None]
     return pad[batch, chan, rows, cols]
+
+
+def random_affine(
+    images: torch.Tensor, degrees: float, scale: float, generator=None
+) -> torch.Tensor:
+    """Rotate each image of a batch [B, C, H, W] by up to `degrees` and zoom it by a factor in
+    [1 - scale, 1 + scale] about its centre (bilinear, zero fill)."""
+    b = images.shape[0]
+    angle, zoom = (torch.rand(2, b, generator=generator) * 2 - 1).unbind()
+    angle = angle * degrees * torch.pi / 180
+    zoom = 1 + zoom * scale
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([cos, -sin, zero, sin, cos, zero], 1).view(b, 2, 3)
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, align_corners=False)
 
 
 class MNIST10k(Dataset):
