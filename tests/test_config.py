@@ -29,10 +29,10 @@ def test_demo_starts_from_the_agreed_settings():
     assert (config["data"]["T"], config["optim"]["batch_size"], config["run"]["epochs"]) == (
         6,
         50,
-        8,
+        15,
     )
     assert (config["optim"]["optimizer"], config["optim"]["schedule"]) == ("adam", "cosine")
-    assert config["data"]["augment_shift"] == 2
+    assert (config["data"]["augment_shift"], config["model"]["dropout"]) == (2, 0.3)
 
 
 def test_unknown_name_lists_the_configs():
