@@ -124,12 +124,18 @@ def test_spike_input_synapses_save_bool_and_match_plain_gradients():
         torch.testing.assert_close(a, p.grad)
 
 
-def test_spike_avg_pool_matches_avg_pool_gradients():
-    x = torch.rand(4, 3, 7, 9, dtype=torch.float64, requires_grad=True)  # odd sizes: floor
+@pytest.mark.parametrize("size", [(7, 9), (8, 6)])  # odd sizes: the floor drops a border
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_spike_avg_pool_matches_avg_pool_gradients(size, channels_last):
+    x = torch.rand(4, 3, *size, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
     pooled = stbp.layers.SpikeAvgPool(2)(x)
     ref = torch.nn.AvgPool2d(2)(x)
     assert torch.equal(pooled, ref)
-    g = torch.randn_like(ref)
+    g = torch.randn_like(ref).contiguous()  # as the flattened FC layer's gradient arrives
     (a,) = torch.autograd.grad(pooled, x, g)
     (b,) = torch.autograd.grad(ref, x, g)
     torch.testing.assert_close(a, b)
+    assert a.is_contiguous(memory_format=torch.channels_last) == channels_last  # as the input

@@ -48,6 +48,15 @@ def test_spikes_are_binary_and_keep_dtype():
     assert set(s.unique().tolist()) <= {0.0, 1.0}
 
 
+def test_spike_count_and_rate_match_the_spikes():
+    x = torch.randn(6, 4, 3, 5, 5, dtype=torch.bfloat16)
+    spikes, count = neuron.lif_with_count(x, 0.2, 0.5, "rect", 1.0)
+    assert count.dtype == torch.float32 and count.item() == spikes.float().sum().item() > 0
+    layer = stbp.LIF()
+    out = layer(x.float())
+    assert layer.last_rate.item() == pytest.approx(out.mean().item())
+
+
 def test_state_does_not_leak_between_calls():
     layer = stbp.LIF()
     x = torch.rand(5, 2, 10)
@@ -79,12 +88,12 @@ def test_compiled_kernels_match_eager(monkeypatch):
     monkeypatch.setenv("STBP_COMPILE", "1")
     x = _input((5, 2, 3), seed=1)
     grad_out = torch.randn_like(x)
-    fused = lif(x, 0.2, 0.5, "triangle", 1.0)
+    fused, count = neuron.lif_with_count(x, 0.2, 0.5, "triangle", 1.0)
     (g,) = torch.autograd.grad(fused, x, grad_out)
     ref = lif_reference(x, LIFParameters(0.2, 0.5, "triangle", 1.0))
     (g_ref,) = torch.autograd.grad(ref, x, grad_out)
     assert not neuron._COMPILED.get("failed"), "torch.compile fell back to eager"
-    assert torch.equal(fused, ref)
+    assert torch.equal(fused, ref) and count.item() == ref.sum().item()
     torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-6)
 
 

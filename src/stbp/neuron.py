@@ -61,16 +61,24 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def scan_forward(x: torch.Tensor, decay: float, threshold: float):
-    """Algorithm 1 without a graph: returns `(u, spikes)`, both in the input's dtype (`u` is
-    computed in at least fp32 and stored rounded)."""
-    u = x[0].to(_compute_dtype(x.dtype))
-    potentials, spikes = [], []
-    for t in range(x.shape[0]):
-        if t:
-            u = x[t] + decay * torch.where(u > threshold, 0.0, u)
+    """Algorithm 1 without a graph: returns `(u, spikes, spike count)`; `u` and the spikes in
+    the input's dtype (`u` is computed in at least fp32 and stored rounded), the count in fp32
+    (computed in the same compiled kernel: the firing rate costs no extra pass in Python)."""
+    compute = _compute_dtype(x.dtype)
+    # 0/1 as tensors and the reset as a product: the compiled CPU kernel vectorises this
+    # 3x better than a boolean mask converted to floats.
+    one = torch.ones((), dtype=compute, device=x.device)
+    zero = torch.zeros_like(one)
+    u = x[0].to(compute)
+    o = torch.where(u > threshold, one, zero)
+    potentials, spikes = [u.to(x.dtype)], [o.to(x.dtype)]
+    for t in range(1, x.shape[0]):
+        u = x[t] + decay * u * (1 - o)
+        o = torch.where(u > threshold, one, zero)
         potentials.append(u.to(x.dtype))
-        spikes.append((u > threshold).to(x.dtype))
-    return torch.stack(potentials), torch.stack(spikes)
+        spikes.append(o.to(x.dtype))
+    spikes = torch.stack(spikes)
+    return torch.stack(potentials), spikes, spikes.sum(dtype=torch.float32)
 
 
 def scan_backward(
@@ -141,14 +149,15 @@ class LIFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, decay, threshold, surrogate, width):
         order = _memory_order(x)
-        u_all, spikes = _run(0, _rows(x, order), decay, threshold)
+        u_all, spikes, count = _run(0, _rows(x, order), decay, threshold)
         ctx.save_for_backward(u_all)
         ctx.params = (decay, threshold, surrogate, width)
         ctx.order = order
-        return _unrows(spikes, x.shape, order)
+        ctx.mark_non_differentiable(count)
+        return _unrows(spikes, x.shape, order), count
 
     @staticmethod
-    def backward(ctx, grad_spikes):
+    def backward(ctx, grad_spikes, _grad_count):
         (u_all,) = ctx.saved_tensors
         grad = _run(1, u_all, _rows(grad_spikes, ctx.order), *ctx.params)
         return _unrows(grad, grad_spikes.shape, ctx.order), None, None, None, None
@@ -178,6 +187,13 @@ def lif(
 ) -> torch.Tensor:
     """Algorithm 1 over all time steps: synaptic input `x` `[T, B, ...]` to spikes (0/1, same
     shape and dtype), differentiable by STBP with the approximated derivative `surrogate`."""
+    return lif_with_count(x, decay, threshold, surrogate, width)[0]
+
+
+def lif_with_count(
+    x: torch.Tensor, decay: float, threshold: float, surrogate: str, width: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`lif`, and the number of spikes it emitted (a 0-dim fp32 tensor, not differentiable)."""
     sg.get(surrogate)
     if x.dim() < 2:
         raise ValueError(f"lif expects [T, B, ...] input, got shape {tuple(x.shape)}")
@@ -204,8 +220,8 @@ class LIF(nn.Module):
         self.last_rate: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spikes = lif(x, *self.p)
-        self.last_rate = spikes.detach().float().mean()
+        spikes, count = lif_with_count(x, *self.p)
+        self.last_rate = count / spikes.numel()
         return spikes
 
     def extra_repr(self) -> str:
