@@ -1,7 +1,9 @@
+import pytest
 import torch
 
 import stbp
 from stbp.functional import neunorm
+from stbp.neunorm import neunorm_reference
 
 
 def test_neunorm_matches_hand_computed_example():
@@ -21,6 +23,21 @@ def test_neunorm_matches_hand_computed_example():
         ]
     )
     torch.testing.assert_close(neunorm(o, alpha, k=0.5), expected)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_gradients_equal_plain_autograd(channels_last):
+    o = (torch.rand(5, 3, 4, 6, 7, dtype=torch.float64) < 0.3).double()
+    if channels_last:
+        o = o.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (5, 3))
+    o.requires_grad_()
+    alpha = (torch.rand(4, 6, 7, dtype=torch.float64) + 0.5).requires_grad_()
+    grad = torch.randn(5, 3, 4, 6, 7, dtype=torch.float64)
+    fused, ref = neunorm(o, alpha, k=0.8), neunorm_reference(o, alpha, k=0.8)
+    torch.testing.assert_close(fused, ref, rtol=0, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(fused, (o, alpha), grad),
+                    torch.autograd.grad(ref, (o, alpha), grad), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
 def test_auxiliary_neuron_tracks_mean_rate():

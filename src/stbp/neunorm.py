@@ -21,12 +21,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from stbp import kernels
+
 
 def neunorm(
     spikes: torch.Tensor, alpha: torch.Tensor, k: float = 0.9, v: float | None = None
 ) -> torch.Tensor:
     """Auxiliary-neuron normalization of `spikes` `[T, B, F, H, W]` (see module docstring);
-    `alpha` broadcasts against `[F, H, W]`. Returns `o - alpha * x`, same shape."""
+    `alpha` broadcasts against `[F, H, W]`. Returns `o - alpha * x`, same shape.
+
+    One autograd function: the auxiliary neurons are only `1/F` of the spikes, so the
+    backward pass keeps just them (and alpha) and recomputes nothing."""
+    channels = spikes.shape[2]
+    v = channels * (1 - k) if v is None else v
+    return NeuNormFunction.apply(spikes, alpha.expand(spikes.shape[2:]), k, v / channels**2)
+
+
+def neunorm_reference(
+    spikes: torch.Tensor, alpha: torch.Tensor, k: float = 0.9, v: float | None = None
+) -> torch.Tensor:
+    """`neunorm` with plain autograd, step by step: the reference for tests."""
     channels = spikes.shape[2]
     v = channels * (1 - k) if v is None else v
     drive = spikes.sum(dim=2, keepdim=True) * (v / channels**2)
@@ -36,6 +50,59 @@ def neunorm(
         x = k * x + d_t
         aux.append(x)
     return spikes - alpha * torch.stack(aux)
+
+
+def neunorm_forward(o: torch.Tensor, alpha: torch.Tensor, k: float, scale: float, dim: int):
+    """The auxiliary neurons `x[t] = k x[t-1] + scale * sum_f o[t]` (summed over `dim`) and
+    the normalized output `o - alpha * x`; returns `(output, x)`."""
+    drive = o.sum(dim=dim, keepdim=True, dtype=_compute_dtype(o)) * scale
+    x = [drive[0]]
+    for t in range(1, o.shape[0]):
+        x.append(k * x[-1] + drive[t])
+    x = torch.stack(x)
+    return o - alpha * x, x
+
+
+def neunorm_backward(grad: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, k: float,
+                     scale: float, dim: int):
+    """Gradients of `neunorm_forward` w.r.t. `o` and `alpha`: the auxiliary neurons' gradient
+    runs back through their recursion, `d[t] = -sum_f alpha grad[t] + k d[t+1]`."""
+    through_x = -(grad * alpha).sum(dim=dim, keepdim=True, dtype=x.dtype)
+    d = [through_x[-1]]
+    for t in range(grad.shape[0] - 2, -1, -1):
+        d.append(through_x[t] + k * d[-1])
+    d = torch.stack(d[::-1])
+    return grad + scale * d, -(grad * x).sum(dim=(0, 1))
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+class NeuNormFunction(torch.autograd.Function):
+    """`neunorm` forward and backward, run on the spikes in their memory order (channels_last
+    stays channels_last) by the compiled kernels above."""
+
+    @staticmethod
+    def forward(ctx, spikes, alpha, k, scale):
+        order = kernels.memory_order(spikes)
+        alpha_order = [d - 2 for d in order[2:]]
+        dim = order.index(2)
+        alpha_p = alpha.permute(alpha_order)
+        out, x = kernels.run(neunorm_forward, spikes.permute(order), alpha_p, k, scale, dim)
+        ctx.save_for_backward(x, alpha_p)
+        ctx.params = (k, scale, dim)
+        ctx.order, ctx.alpha_order = order, alpha_order
+        return out.permute(kernels.inverse(order))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, alpha_p = ctx.saved_tensors
+        grad_o, grad_alpha = kernels.run(
+            neunorm_backward, grad.permute(ctx.order), x, alpha_p, *ctx.params
+        )
+        return (grad_o.permute(kernels.inverse(ctx.order)),
+                grad_alpha.permute(kernels.inverse(ctx.alpha_order)), None, None)
 
 
 class NeuNorm(nn.Module):

@@ -17,13 +17,12 @@ autograd version it is tested against.
 
 from __future__ import annotations
 
-import os
-import warnings
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from stbp import kernels
 from stbp import surrogate as sg
 
 
@@ -104,34 +103,6 @@ def scan_backward(
     return torch.stack(grads[::-1])
 
 
-_COMPILED: dict = {}
-
-
-def _kernels():
-    """`(scan_forward, scan_backward)`, fused by `torch.compile` unless STBP_COMPILE=0 or
-    compilation is unavailable (no C++ compiler, unsupported platform)."""
-    if os.environ.get("STBP_COMPILE", "1") == "0" or _COMPILED.get("failed"):
-        return scan_forward, scan_backward
-    if "fwd" not in _COMPILED:
-        _COMPILED["fwd"] = torch.compile(scan_forward, dynamic=True)
-        _COMPILED["bwd"] = torch.compile(scan_backward, dynamic=True)
-    return _COMPILED["fwd"], _COMPILED["bwd"]
-
-
-def _run(kernel_index: int, *args):
-    # Plain contiguous tensors (no views, no autograd flags) keep the compiled guards simple.
-    args = [a.detach().contiguous() if isinstance(a, torch.Tensor) else a for a in args]
-    kernel = _kernels()[kernel_index]
-    try:
-        return kernel(*args)
-    except Exception as err:  # a compiler missing or failing: keep training, unfused
-        if kernel in (scan_forward, scan_backward):
-            raise
-        warnings.warn(f"torch.compile failed ({err!r:.200}); using the eager LIF", stacklevel=3)
-        _COMPILED["failed"] = True
-        return (scan_forward, scan_backward)[kernel_index](*args)
-
-
 class LIFFunction(torch.autograd.Function):
     """Multi-step LIF with a hand-written STBP backward.
 
@@ -148,8 +119,8 @@ class LIFFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, decay, threshold, surrogate, width):
-        order = _memory_order(x)
-        u_all, spikes, count = _run(0, _rows(x, order), decay, threshold)
+        order = kernels.memory_order(x)
+        u_all, spikes, count = kernels.run(scan_forward, _rows(x, order), decay, threshold)
         ctx.save_for_backward(u_all)
         ctx.params = (decay, threshold, surrogate, width)
         ctx.order = order
@@ -159,23 +130,18 @@ class LIFFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spikes, _grad_count):
         (u_all,) = ctx.saved_tensors
-        grad = _run(1, u_all, _rows(grad_spikes, ctx.order), *ctx.params)
+        grad = kernels.run(scan_backward, u_all, _rows(grad_spikes, ctx.order), *ctx.params)
         return _unrows(grad, grad_spikes.shape, ctx.order), None, None, None, None
 
 
 # The kernels see `[T, N]` in the input's own memory order, so one compiled graph serves
 # every layer and channels_last activations stay channels_last without a copy.
-def _memory_order(x: torch.Tensor) -> list[int]:
-    return [0, *sorted(range(1, x.dim()), key=lambda d: -x.stride(d))]
-
-
 def _rows(x: torch.Tensor, order: list[int]) -> torch.Tensor:
     return x.permute(order).reshape(x.shape[0], -1)
 
 
 def _unrows(rows: torch.Tensor, shape: torch.Size, order: list[int]) -> torch.Tensor:
-    inverse = sorted(range(len(order)), key=order.__getitem__)
-    return rows.view([shape[d] for d in order]).permute(inverse)
+    return rows.view([shape[d] for d in order]).permute(kernels.inverse(order))
 
 
 def lif(
