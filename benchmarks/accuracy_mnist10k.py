@@ -1,13 +1,16 @@
-"""The demo SNN trained longer, beside its ANN twin, on the same embedded-digit split.
+"""A longer SNN run on the embedded digits, beside its ANN twin, on the same split.
 
-    python benchmarks/accuracy_mnist10k.py [--epochs 30] [--seed 0] [--rotate 10 --scale 0.1]
+    python benchmarks/accuracy_mnist10k.py [--config demo-deep] [--epochs N] [--seed 0]
+                                           [--precision fp32|bf16] [--rotate 10 --scale 0.1]
 
-SNN: `stbp train --config demo` with more epochs (Algorithm 2, rate MSE loss on votes).
+SNN: `stbp train --config CONFIG` (default `demo-deep`: the demo's digits and recipe on the
+deeper `mnist-deep` net, 32C3(Enc)-32C3-AP2-64C3-64C3-AP2-256FC-Voting; `--config demo` runs
+the demo's own net), Algorithm 2 with the rate MSE loss on votes.
 ANN twin: `baselines.ANNTwin`, the same layers with ReLU instead of LIF, the output averaged
-per class, fed each image once (T = 1), cross-entropy, the same optimizer,
-schedule, batch size, augmentation, seed and seeded 8,000 / 2,000 split. `--rotate`/`--scale`
-add random rotations and zooms to the demo's shifts (for both), `--dropout` sets the SNN's
-dropout after the hidden FC layer (the ANN twin has none).
+per class, fed each image once (T = 1), cross-entropy, no dropout; the same optimizer,
+schedule, batch size, augmentation, precision, seed and seeded 8,000 / 2,000 split.
+`--rotate`/`--scale` add random rotations and zooms to the shifts (for both), `--dropout` sets
+the SNN's dropout after the hidden FC layer.
 """
 
 from __future__ import annotations
@@ -20,25 +23,25 @@ import torch
 from baselines import ANNTwin  # benchmarks/baselines.py: the speed benchmark's twin
 from torch import nn
 
-import stbp
 from stbp.config import load_config
 from stbp.data import MNIST10k
 from stbp.data.mnist10k import random_affine, random_shift
-from stbp.train import run_training
+from stbp.train import autocast, make_model, run_training
 
 
 def train_ann(config: dict, epochs: int, seed: int) -> tuple[float, float]:
     torch.manual_seed(seed)
-    data = config["data"]
-    train, test = MNIST10k(True, seed=data["split_seed"]), MNIST10k(False)
-    model = ANNTwin(stbp.paper_network(config["model"]["network"]))
+    data, device = config["data"], torch.device("cpu")
+    train, test = MNIST10k(True, seed=data["split_seed"]), MNIST10k(False, seed=data["split_seed"])
+    model = ANNTwin(make_model(config, (1, 28, 28)))
     for m in model.modules():  # PyTorch's default init: ReLU nets need no threshold scaling
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
     batch, lr = config["optim"]["batch_size"], config["optim"]["lr"]
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
     steps = epochs * math.ceil(len(train) / batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    precision = config["run"]["precision"]
     start = time.time()
     for _ in range(epochs):
         model.train()
@@ -47,37 +50,45 @@ def train_ann(config: dict, epochs: int, seed: int) -> tuple[float, float]:
             if data["augment_rotate"] or data["augment_scale"]:
                 x = random_affine(x, data["augment_rotate"], data["augment_scale"])
             x = random_shift(x, data["augment_shift"])
-            loss = nn.functional.cross_entropy(model(x.unsqueeze(0)), train.labels[idx])
+            with autocast(device, precision):
+                scores = model(x.unsqueeze(0))
+            loss = nn.functional.cross_entropy(scores.float(), train.labels[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, precision):
         accuracy = (model(test.images.unsqueeze(0)).argmax(1) == test.labels).float().mean()
     return float(accuracy), time.time() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--config", default="demo-deep", help="a config on the digits")
+    parser.add_argument("--epochs", type=int, help="default: the config's")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], help="default: the config's")
     parser.add_argument("--rotate", type=float, default=0.0, help="degrees (default 0)")
     parser.add_argument("--scale", type=float, default=0.0, help="zoom range (default 0)")
-    parser.add_argument("--dropout", type=float, help="SNN dropout (default: the demo's)")
+    parser.add_argument("--dropout", type=float, help="SNN dropout (default: the config's)")
     parser.add_argument("--out", default="runs/accuracy-mnist10k")
     args = parser.parse_args()
-    config = load_config("demo")
-    config["run"]["epochs"], config["run"]["seed"] = args.epochs, args.seed
-    config["data"]["augment_rotate"], config["data"]["augment_scale"] = args.rotate, args.scale
+    config = load_config(args.config)
+    run, data = config["run"], config["data"]
+    run["seed"] = args.seed
+    run["epochs"] = args.epochs or run["epochs"]
+    run["precision"] = args.precision or run["precision"]
+    data["augment_rotate"], data["augment_scale"] = args.rotate, args.scale
     if args.dropout is not None:
         config["model"]["dropout"] = args.dropout
     snn = run_training(config, out=args.out)
-    ann_acc, ann_seconds = train_ann(config, args.epochs, args.seed)
-    print(f"split: embedded MNIST, seeded 8,000/2,000 (split seed {config['data']['split_seed']})")
-    print(f"augmentation: shift {config['data']['augment_shift']} px, rotate {args.rotate} deg, "
-          f"scale {args.scale}; SNN dropout {config['model']['dropout']}")
-    print(f"SNN  {config['model']['network']} T={config['data']['T']}: best test "
+    ann_acc, ann_seconds = train_ann(config, run["epochs"], args.seed)
+    net = config["model"]["spec"] or config["model"]["network"]
+    print(f"split: embedded MNIST, seeded 8,000/2,000 (split seed {data['split_seed']})")
+    print(f"augmentation: shift {data['augment_shift']} px, rotate {args.rotate} deg, "
+          f"scale {args.scale}; SNN dropout {config['model']['dropout']}; {run['precision']}")
+    print(f"SNN  {net} T={data['T']}, {run['epochs']} epochs: best test "
           f"{snn['best_test_acc']:.2%} (epoch {snn['best_epoch']}), final "
           f"{snn['final_test_acc']:.2%}, {snn['total_seconds']:.0f} s, seed {args.seed}")
     print(f"ANN twin: final test {ann_acc:.2%}, {ann_seconds:.0f} s, seed {args.seed}")

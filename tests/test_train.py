@@ -10,7 +10,7 @@ import torch
 from stbp import PAPER_NETWORKS
 from stbp import checkpoint as ck
 from stbp.cli import main
-from stbp.config import load_config, merge
+from stbp.config import config_names, load_config, merge
 from stbp.train import make_model, run_training
 
 TINY_SPEC = "8C3(Enc)-AP2-16FC-Voting"
@@ -137,8 +137,7 @@ def tiny_data(tmp_path_factory):
     return {"nmnist": root / "nmnist", "cifar10-dvs": root / "dvs", "cifar10": root / "cifar10"}
 
 
-CONFIGS = ["demo", "nmnist", "nmnist-emulated", "dvs-cifar10", "cifar10-small",
-           "cifar10-middle", "cifarnet"]  # fmt: skip
+CONFIGS = config_names()  # every shipped config
 
 
 @pytest.mark.parametrize("name", CONFIGS)

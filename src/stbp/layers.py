@@ -26,13 +26,13 @@ class Temporal(nn.Module):
         self.binary_input = binary_input and isinstance(module, (nn.Conv2d, nn.Linear))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.binary_input and torch.is_grad_enabled() and not _autocasting(x):
-            m = self.module
-            y = _channels_last_for(m, x.flatten(0, 1), lambda folded: SpikeInputSynapse.apply(
-                folded, m.weight, m.bias, _conv_args(m)))
-        else:
-            y = _channels_last_for(self.module, x.flatten(0, 1))
-        return y.unflatten(0, x.shape[:2])
+        spike_input = self.binary_input and torch.is_grad_enabled() and not _autocasting(x)
+        run = self._spike_input_synapse if spike_input else self.module
+        return _channels_last_for(self.module, x.flatten(0, 1), run).unflatten(0, x.shape[:2])
+
+    def _spike_input_synapse(self, spikes: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        return SpikeInputSynapse.apply(spikes, m.weight, m.bias, _conv_args(m))
 
     def extra_repr(self) -> str:
         return "binary_input=True" if self.binary_input else ""

@@ -114,7 +114,8 @@ class LIFFunction(torch.autograd.Function):
         dL/du[t] = dL/do[t] * h[t] + decay * k[t] * dL/du[t+1]
 
     collapses to a linear scan, `dL/du[t] = g[t] h[t] + decay (k[t] - u[t] h[t]) dL/du[t+1]`,
-    whose coefficients are computed for all t at once; `dL/dx[t] = dL/du[t]`.
+    run from the last step back (`scan_backward`); `dL/dx[t] = dL/du[t]`. Both scans go
+    through `stbp.kernels.run` (compiled, with an eager fallback).
     """
 
     @staticmethod
