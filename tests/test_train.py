@@ -177,3 +177,15 @@ def test_freed_memory_is_reused_unless_told_not_to(monkeypatch):
     assert reuse_freed_memory() is sys.platform.startswith("linux")
     big = torch.ones(64, 2**20)  # 256 MB: served from the heap now, and freed back to it
     assert float(big.sum()) == 64 * 2**20
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
+    from stbp.train import resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    for avx512_bf16, amx, expected in ((False, False, "fp32"), (True, False, "bf16"),
+                                       (False, True, "bf16")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert resolve_precision("auto", cpu) == expected

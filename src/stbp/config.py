@@ -29,7 +29,7 @@ DEFAULTS: dict[str, dict] = {
         "epochs": 120,
         "seed": 0,
         "device": "auto",  # cpu | cuda | auto
-        "precision": "fp32",  # fp32 | bf16
+        "precision": "fp32",  # fp32 | bf16 | auto (bf16 where the device computes it natively)
         "max_steps_per_epoch": 0,  # 0: the whole training set (a smaller value: smoke runs)
         "eval_batch_size": 500,
         "workers": 2,  # data-loader worker processes for event data
@@ -77,7 +77,7 @@ DEFAULTS: dict[str, dict] = {
 
 CHOICES = {
     ("run", "device"): ("cpu", "cuda", "auto"),
-    ("run", "precision"): ("fp32", "bf16"),
+    ("run", "precision"): ("fp32", "bf16", "auto"),
     ("data", "dataset"): ("mnist10k", "nmnist", "cifar10-dvs", "cifar10"),
     ("optim", "optimizer"): ("adam", "sgd"),
     ("optim", "schedule"): ("cosine", "step", "constant"),

@@ -130,6 +130,19 @@ def make_schedule(optimizer, optim: dict, steps_per_epoch: int, epochs: int):
 LOSSES = {"mse": stbp.rate_mse_loss, "ce": stbp.rate_ce_loss}
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` becomes bf16 where `device` computes it natively (CUDA with bf16, CPUs with
+    AVX512-BF16 or AMX), else fp32; elsewhere bf16 is emulated and slower than fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        native = any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return "bf16" if native else "fp32"
+
+
 def autocast(device: torch.device, precision: str):
     """bf16 autocast (CPU or CUDA) for `precision == "bf16"`, else nothing."""
     if precision != "bf16":
@@ -433,6 +446,7 @@ def reuse_freed_memory() -> bool:
 def run_training(config: dict, out: str | Path | None = None, resume: bool = False) -> dict:
     """Train as `config` says (Algorithm 2) in `out`; return the run's summary."""
     ctx = dd.setup(config["run"]["device"])
+    config["run"]["precision"] = resolve_precision(config["run"]["precision"], ctx.device)
     if ctx.device.type == "cpu":
         reuse_freed_memory()
     try:
@@ -482,8 +496,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         config["data"]["dir"] = str(args.data_dir)
     device = dd.pick_device(args.device)
     model = ck.load_model(args.checkpoint, device)
+    precision = resolve_precision(args.precision, device)
     metrics = evaluate(
-        model, make_dataset(config, train=False), config, dd.Context(device=device), args.precision
+        model, make_dataset(config, train=False), config, dd.Context(device=device), precision
     )
     print(
         f"{args.checkpoint}: {config['run']['name']}, epoch {state['epoch']}: test loss "
@@ -529,7 +544,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--T", type=int, help="time window (steps)")
     p.add_argument("--neunorm", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--device", choices=("cpu", "cuda", "auto"))
-    p.add_argument("--precision", choices=("fp32", "bf16"))
+    p.add_argument("--precision", choices=("fp32", "bf16", "auto"))
     p.add_argument("--seed", type=int)
     p.add_argument("--max-steps-per-epoch", type=int, help="cut epochs short (smoke runs)")
     p.add_argument("--out", type=Path, help="run folder (default runs/<config>-<timestamp>)")
@@ -540,7 +555,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--data-dir", type=Path, help="data folder (overrides the stored config)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32")
     p.set_defaults(func=_friendly(_cmd_eval))
 
     p = subparsers.add_parser("configs", help="list the shipped experiment configs")
