@@ -26,6 +26,7 @@ from stbp.neuron import LIF, lif
 
 DEFAULT_RATE = 0.15
 _SAMPLE = 65536
+_MAX_SCALE = 1e6
 
 
 def _weighted(module: nn.Module) -> nn.Module | None:
@@ -107,10 +108,15 @@ def _solve_scale(current: torch.Tensor, neuron: LIF, rate: float, iters: int) ->
     def rate_at(c: float) -> float:
         return float(lif(rows * c, *neuron.p).mean())
 
+    # Some inputs can make only a fraction of the neurons fire however large the weights (an
+    # encoding layer on digits: zero background). Chasing a rate near that ceiling would
+    # scale the weights without bound, push every potential out of the surrogate window and
+    # freeze the layer; half the ceiling keeps the potentials spread around the threshold.
+    rate = min(rate, rate_at(_MAX_SCALE) / 2)
     lo, hi = 1.0, 1.0
-    while rate_at(lo) > rate and lo > 1e-6:
+    while rate_at(lo) > rate and lo > 1 / _MAX_SCALE:
         lo /= 2
-    while rate_at(hi) < rate and hi < 1e6:
+    while rate_at(hi) < rate and hi < _MAX_SCALE:
         hi *= 2
     for _ in range(iters):
         mid = math.sqrt(lo * hi)
