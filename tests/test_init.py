@@ -30,7 +30,7 @@ def _cifar_like_digits() -> torch.Tensor:
 
 
 def _real_input(name: str, sample) -> torch.Tensor:
-    if name.startswith("mnist"):
+    if name == "mnist-demo":
         return _digits()
     if name.startswith("cifar"):
         return _cifar_like_digits()

@@ -19,7 +19,8 @@ TINY_SPEC = "8C3(Enc)-AP2-16FC-Voting"
 def tiny_config(**tables):
     """The demo on a tiny net and a few hundred digits (test split: the last 100)."""
     base = {
-        "run": {"epochs": 2, "device": "cpu", "max_steps_per_epoch": 4, "eval_batch_size": 50},
+        "run": {"epochs": 2, "device": "cpu", "max_steps_per_epoch": 4, "eval_batch_size": 50,
+                "precision": "fp32"},
         "data": {"T": 2, "n_train": 9900},
         "model": {"spec": TINY_SPEC},
         "optim": {"batch_size": 8},

@@ -17,7 +17,7 @@ EPOCHS = 3
 
 def write_config(path):
     config = merge(load_config("demo"), {
-        "run": {"epochs": EPOCHS, "device": "cpu", "max_steps_per_epoch": 25},
+        "run": {"epochs": EPOCHS, "device": "cpu", "max_steps_per_epoch": 25, "precision": "fp32"},
         "data": {"T": 2, "n_train": 9600, "augment_shift": 2},
         "model": {"spec": "8C3(Enc)-AP2-16FC-Voting", "dropout": 0.5},
         "optim": {"batch_size": 16},
