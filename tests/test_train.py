@@ -49,9 +49,11 @@ def test_a_run_leaves_its_folder(tmp_path):
     assert float(rows[-1]["lr"]) == 0.0  # cosine decay reaches 0 at the end of the run
 
 
-def test_eval_command_reports_the_test_accuracy(tmp_path, capsys):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_eval_command_reports_the_test_accuracy(tmp_path, capsys, precision):
+    """By default in the precision the run trained and chose its checkpoints in."""
     out = tmp_path / "run"
-    summary = run_training(tiny_config(), out)
+    summary = run_training(tiny_config(run={"precision": precision}), out)
     assert main(["eval", "--checkpoint", str(out / "last.pt"), "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert f"accuracy {100 * summary['final_test_acc']:.2f}%" in text

@@ -496,7 +496,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         config["data"]["dir"] = str(args.data_dir)
     device = dd.pick_device(args.device)
     model = ck.load_model(args.checkpoint, device)
-    precision = resolve_precision(args.precision, device)
+    precision = resolve_precision(args.precision or config["run"]["precision"], device)
     metrics = evaluate(
         model, make_dataset(config, train=False), config, dd.Context(device=device), precision
     )
@@ -555,7 +555,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--data-dir", type=Path, help="data folder (overrides the stored config)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32")
+    p.add_argument(
+        "--precision", choices=("fp32", "bf16", "auto"), help="default: the training run's"
+    )
     p.set_defaults(func=_friendly(_cmd_eval))
 
     p = subparsers.add_parser("configs", help="list the shipped experiment configs")
