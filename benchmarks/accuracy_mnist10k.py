@@ -22,7 +22,7 @@ import torch
 from baselines import ANNTwin  # benchmarks/baselines.py: the speed benchmark's twin
 from torch import nn
 
-from stbp.config import load_config
+from stbp.config import load_config, merge
 from stbp.data import MNIST10k
 from stbp.data.mnist10k import random_affine, random_shift
 from stbp.train import autocast, make_model, resolve_precision, run_training
@@ -32,7 +32,8 @@ def train_ann(config: dict, epochs: int, seed: int) -> tuple[float, float]:
     torch.manual_seed(seed)
     data, device = config["data"], torch.device("cpu")
     train, test = MNIST10k(True, seed=data["split_seed"]), MNIST10k(False, seed=data["split_seed"])
-    model = ANNTwin(make_model(config, (1, 28, 28)))
+    no_dropout = merge(config, {"model": {"dropout": 0.0}})
+    model = ANNTwin(make_model(no_dropout, (1, 28, 28)))
     for m in model.modules():  # PyTorch's default init: ReLU nets need no threshold scaling
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
