@@ -11,7 +11,7 @@ from stbp import PAPER_NETWORKS
 from stbp import checkpoint as ck
 from stbp.cli import main
 from stbp.config import config_names, load_config, merge
-from stbp.train import make_model, run_training
+from stbp.train import make_model, resolve_precision, run_training
 
 TINY_SPEC = "8C3(Enc)-AP2-16FC-Voting"
 
@@ -183,8 +183,6 @@ def test_freed_memory_is_reused_unless_told_not_to(monkeypatch):
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
-    from stbp.train import resolve_precision
-
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
     for avx512_bf16, amx, expected in ((False, False, "fp32"), (True, False, "bf16"),

@@ -32,24 +32,28 @@ def neunorm(
 
     One autograd function: the auxiliary neurons are only `1/F` of the spikes, so the
     backward pass keeps just them (and alpha) and recomputes nothing."""
-    channels = spikes.shape[2]
-    v = channels * (1 - k) if v is None else v
-    return NeuNormFunction.apply(spikes, alpha.expand(spikes.shape[2:]), k, v / channels**2)
+    scale = _input_weight(spikes.shape[2], k, v)
+    return NeuNormFunction.apply(spikes, alpha.expand(spikes.shape[2:]), k, scale)
 
 
 def neunorm_reference(
     spikes: torch.Tensor, alpha: torch.Tensor, k: float = 0.9, v: float | None = None
 ) -> torch.Tensor:
     """`neunorm` with plain autograd, step by step: the reference for tests."""
-    channels = spikes.shape[2]
-    v = channels * (1 - k) if v is None else v
-    drive = spikes.sum(dim=2, keepdim=True) * (v / channels**2)
+    drive = spikes.sum(dim=2, keepdim=True) * _input_weight(spikes.shape[2], k, v)
     x = torch.zeros_like(drive[0])
     aux = []
     for d_t in drive:
         x = k * x + d_t
         aux.append(x)
     return spikes - alpha * torch.stack(aux)
+
+
+def _input_weight(channels: int, k: float, v: float | None) -> float:
+    """The auxiliary neuron's weight on its summed input, `v / F^2` (`v = F (1 - k)` unless
+    given)."""
+    v = channels * (1 - k) if v is None else v
+    return v / channels**2
 
 
 def neunorm_forward(o: torch.Tensor, alpha: torch.Tensor, k: float, scale: float, dim: int):
