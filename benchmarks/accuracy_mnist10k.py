@@ -1,9 +1,9 @@
 """A longer SNN run on the embedded digits, beside its ANN twin, on the same split.
 
     python benchmarks/accuracy_mnist10k.py [--epochs 30] [--seed 0] [--precision fp32|bf16|auto]
-                                           [--config mnist10k-deep] [--rotate 10 --scale 0.1]
+                                           [--config demo-deep] [--rotate 10 --scale 0.1]
 
-SNN: `stbp train --config mnist10k-deep` (the demo's recipe on a 6-layer net; `--config demo`
+SNN: `stbp train --config demo-deep` (the demo's recipe on a 6-layer net; `--config demo`
 for the demo's own net, or another config on the digits) for `--epochs` epochs: Algorithm 2
 with the rate MSE loss on votes.
 ANN twin: `baselines.ANNTwin`, the same layers with ReLU instead of LIF, the output averaged
@@ -66,7 +66,7 @@ def train_ann(config: dict, epochs: int, seed: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="mnist10k-deep", help="a config on the digits")
+    parser.add_argument("--config", default="demo-deep", help="a config on the digits")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -30,7 +30,7 @@ def _cifar_like_digits() -> torch.Tensor:
 
 
 def _real_input(name: str, sample) -> torch.Tensor:
-    if name == "mnist-demo":
+    if name.startswith("mnist"):
         return _digits()
     if name.startswith("cifar"):
         return _cifar_like_digits()

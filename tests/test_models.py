@@ -11,6 +11,7 @@ PARAMS = {  # counted by hand: conv Cin*Cout*9 + Cout, FC in*out + out, voting F
     "cifar10-middle": 18_307_940,
     "cifarnet": 45_049_188,
     "mnist-demo": 847_588,
+    "mnist-deep": 893_764,
 }
 
 

@@ -220,6 +220,8 @@ PAPER_NETWORKS: dict[str, tuple[str, tuple[int, int, int]]] = {
     # A small net for the embedded MNIST digits (the demo): after the encoding layer, whose
     # convolution of a static image runs once, only one conv runs at every step.
     "mnist-demo": ("32C3(Enc)-AP2-64C3-AP2-256FC-Voting", (1, 28, 28)),
+    # Two convs per stage: the longer run on the embedded digits (configs/demo-deep.toml).
+    "mnist-deep": ("32C3(Enc)-32C3-AP2-64C3-64C3-AP2-256FC-Voting", (1, 28, 28)),
 }
 
 
