@@ -1,6 +1,7 @@
 """AEDAT 2.0 (DVS128) reader: written files, the address layout, bad files and fuzzing."""
 
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stbp.data import FormatError, make_events, read_aedat, write_aedat
+from stbp.data.errors import SkippedEventsWarning
 
 HEADER = b"#!AER-DAT2.0\r\n# This is a raw AE data file\r\n"
 FUZZ = settings(
@@ -20,10 +22,50 @@ def body(*pairs):
 
 
 def test_dvs128_address_layout_and_orientation(tmp_path):
-    # address = y << 8 | column << 1 | p; x = 127 - column (jAER's DVS128 convention)
+    # address = y << 8 | column << 1 | bit0; x = 127 - column, ON = bit0 clear (jAER's DVS128)
     path = tmp_path / "a.aedat"
     path.write_bytes(HEADER + body((5 << 8 | 0 << 1 | 1, 10), (127 << 8 | 127 << 1 | 0, 12)))
-    assert read_aedat(path).tolist() == [(127, 5, 1, 10), (0, 127, 0, 12)]
+    assert read_aedat(path).tolist() == [(127, 5, 0, 10), (0, 127, 1, 12)]
+
+
+def jaer_dvs128(address):
+    """jAER's DVS128 Extractor (DVS128.java): x, y and type (1 = ON) of a raw address."""
+    return 127 - ((address & 0xFE) >> 1), (address & 0x7F00) >> 8, (1 - address) & 1
+
+
+def test_polarity_and_pixel_match_jaers_dvs128_extractor(tmp_path):
+    addresses = np.random.default_rng(0).integers(0, 0x8000, 300)
+    path = tmp_path / "j.aedat"
+    path.write_bytes(HEADER + body(*((int(a), i) for i, a in enumerate(addresses))))
+    events = read_aedat(path)
+    expected = [(*jaer_dvs128(int(a)), i) for i, a in enumerate(addresses)]
+    assert events.tolist() == expected
+    assert (events["p"] == 1 - (addresses & 1)).all()  # SpikingJelly: p = 1 - (a & 1)
+
+
+def test_written_on_events_clear_address_bit_0(tmp_path):
+    write_aedat(tmp_path / "w.aedat", make_events([3, 4], [7, 8], [1, 0], [0, 5]))
+    data = (tmp_path / "w.aedat").read_bytes()
+    words = np.frombuffer(data[data.rindex(b"\n") + 1 :], ">u4").reshape(-1, 2)
+    assert [jaer_dvs128(int(a)) for a in words[:, 0]] == [(3, 7, 1), (4, 8, 0)]
+    assert words[0, 0] & 1 == 0 and words[1, 0] & 1 == 1
+
+
+def test_special_events_are_skipped_counted_and_named(tmp_path):
+    path = tmp_path / "sync.aedat"
+    path.write_bytes(HEADER + body((2 << 8, 1), (0x8000, 2), (3 << 8 | 1, 3), (0x80000004, 4)))
+    with pytest.warns(SkippedEventsWarning, match=f"{path}: skipped 2 special events") as caught:
+        events = read_aedat(path)
+    assert events.tolist() == [(127, 2, 1, 1), (127, 3, 0, 3)]
+    assert caught[0].message.counts == {str(path): 2}
+
+
+def test_a_file_without_special_events_gives_no_warning(tmp_path):
+    path = tmp_path / "plain.aedat"
+    path.write_bytes(HEADER + body((2 << 8, 1)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(read_aedat(path)) == 1
 
 
 def test_write_then_read_round_trips(tmp_path):
@@ -37,9 +79,14 @@ def test_write_then_read_round_trips(tmp_path):
     np.testing.assert_array_equal(read_aedat(tmp_path / "r.aedat"), events)
 
 
-def test_header_only_file_has_no_events(tmp_path):
-    (tmp_path / "h.aedat").write_bytes(HEADER)
-    assert len(read_aedat(tmp_path / "h.aedat")) == 0
+def test_header_only_or_only_special_events_is_refused(tmp_path):
+    path = tmp_path / "h.aedat"
+    path.write_bytes(HEADER)
+    with pytest.raises(FormatError, match=f"{path}: at byte {len(HEADER)}: no polarity events"):
+        read_aedat(path)
+    path.write_bytes(HEADER + body((0x8000, 1)))
+    with pytest.raises(FormatError, match=r"no polarity events after the header \(only 1 special"):
+        read_aedat(path)
 
 
 @pytest.mark.parametrize(
@@ -52,7 +99,8 @@ def test_header_only_file_has_no_events(tmp_path):
         (b"#!AER-DAT1.0\r\n", 9, "supported versions: 2.0"),
         (b"#!AER-DAT2.0\r\n# unterminated", 14, "does not end with a newline"),
         (HEADER + body((2, 1)) + b"\x00\x00\x00", len(HEADER) + 8, "truncated record: 3 of 8"),
-        (HEADER + body((2, 1), (0x8000, 2)), len(HEADER) + 8, "not a DVS128 polarity event"),
+        (HEADER + body((2, 1), (0x10002, 2)), len(HEADER) + 8, "0x00010002 is not a DVS128 addr"),
+        (HEADER + body((0x7FFF0000, 1)), len(HEADER), "bits 16-30 are set"),
         (HEADER + body((2, 5), (4, 7), (6, 6)), len(HEADER) + 16, "goes backwards"),
     ],
 )

@@ -1,14 +1,17 @@
-"""FrameCache: built once, loaded later, atomic writes, stale and corrupt entries rebuilt."""
+"""FrameCache: built once, loaded later, atomic writes, stale and corrupt entries rebuilt,
+bad sources reported (or raised with strict), entries readable by a shared folder's users."""
 
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from stbp.data import FrameCache, events_to_frames, read_nmnist
+from stbp.data import FormatError, FrameCache, events_to_frames, read_nmnist
 from stbp.data import cache as cache_module
+from stbp.data.cache import check_recordings, frame_params
 
 SAMPLE = Path(__file__).parent / "data" / "nmnist_03263.bin"
 
@@ -30,8 +33,9 @@ def make_cache(tmp_path, T=4):
 
 def test_build_once_then_load_matches_direct_framing(tmp_path, sources):
     cache = make_cache(tmp_path)
-    assert cache.build(sources, workers=2, progress=False) == 3
-    assert cache.build(sources, workers=2, progress=False) == 0
+    report = cache.build(sources, workers=2, progress=False)
+    assert report.converted == 3 and not report.refused
+    assert cache.build(sources, workers=2, progress=False).converted == 0
     direct = events_to_frames(read_nmnist(SAMPLE), 4, (34, 34), split="number")
     for path in sources:
         assert cache.entry(path).exists()
@@ -77,7 +81,81 @@ def test_stale_entry_is_rebuilt_when_the_source_changes(tmp_path, sources):
     assert cache.load(sources[0]).sum() == 100
 
 
-def test_bad_source_fails_the_build_with_its_name(tmp_path, sources):
-    sources[1].write_bytes(b"\x01\x02\x03")
-    with pytest.raises(ValueError, match=f"{sources[1].name}.*truncated"):
-        make_cache(tmp_path).build(sources, workers=2, progress=False)
+def break_sources(sources):
+    sources[1].write_bytes(b"\x01\x02\x03")  # truncated record
+    sources[2].write_bytes(bytes([0, 240, 0, 0, 0]))  # only a timestamp-overflow marker
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bad_sources_are_reported_with_their_reason_and_get_no_entry(tmp_path, sources, workers):
+    break_sources(sources)
+    cache = make_cache(tmp_path)
+    report = cache.build(sources, workers=workers, progress=False)
+    assert report.converted == 1 and list(report.refused) == [str(p) for p in sources[1:]]
+    truncated, empty = report.refused.values()
+    assert isinstance(truncated, FormatError) and "truncated record" in str(truncated)
+    assert str(empty).startswith(f"{sources[2]}: at byte 5: the file ends without a single event")
+    assert cache.entry(sources[0]).exists() and not cache.entry(sources[1]).exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_strict_build_raises_the_first_bad_source_from_a_worker(tmp_path, sources, workers):
+    break_sources(sources)
+    with pytest.raises(FormatError, match=f"{sources[1]}: at byte 0: truncated record"):
+        make_cache(tmp_path).build(sources, workers=workers, progress=False, strict=True)
+
+
+def test_check_pass_reports_without_writing(tmp_path, sources):
+    break_sources(sources)
+    params = frame_params((34, 34), 4, "number")
+    report = check_recordings(read_nmnist, sources, params, workers=1, progress=False)
+    assert report.converted == 0 and list(report.refused) == [str(p) for p in sources[1:]]
+    assert not (tmp_path / "cache").exists()
+
+
+def test_unreadable_source_is_reported_not_raised(tmp_path, sources):
+    missing = tmp_path / "data" / "gone.bin"
+    report = make_cache(tmp_path).build([sources[0], missing], workers=1, progress=False)
+    assert isinstance(report.refused[str(missing)], FileNotFoundError)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)])
+def test_entries_get_the_normal_file_mode(tmp_path, sources, umask, mode):
+    old = os.umask(umask)
+    try:
+        cache = make_cache(tmp_path)
+        cache.build(sources[:1], workers=1, progress=False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(cache.entry(sources[0]).stat().st_mode) == mode
+
+
+def test_cache_folder_and_sources_expand_the_home_folder(tmp_path, sources, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cache = FrameCache("~/cache", read_nmnist, (34, 34), T=4, split="number")
+    assert cache.folder.parent == tmp_path / "cache"
+    assert cache.build(["~/data/0.bin"], workers=1, progress=False).converted == 1
+    assert cache.entry("~/data/0.bin") == cache.entry(sources[0])
+    assert cache.entry(sources[0]).exists()
+
+
+def no_events(path):
+    return read_nmnist(path)[:0]
+
+
+def test_a_reader_that_finds_no_events_is_refused_generically(tmp_path, sources):
+    cache = FrameCache(tmp_path / "cache", no_events, (34, 34), T=4)
+    report = cache.build(sources[:1], workers=1, progress=False)
+    size = sources[0].stat().st_size
+    assert str(report.refused[str(sources[0])]) == (
+        f"{sources[0]}: at byte {size}: the file ends without a single event"
+    )
+    with pytest.raises(FormatError, match="without a single event"):
+        cache.load(sources[0])
+
+
+def test_bad_framing_settings_are_refused_up_front(tmp_path):
+    with pytest.raises(ValueError, match="split must be one of 'time', 'number', got 'space'"):
+        FrameCache(tmp_path, read_nmnist, (34, 34), T=4, split="space")
+    with pytest.raises(ValueError, match="T .* at least 1, got 0"):
+        FrameCache(tmp_path, read_nmnist, (34, 34), T=0)

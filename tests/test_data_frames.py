@@ -43,7 +43,14 @@ def test_downsampling_sums_the_pixels_of_each_output_pixel():
 
 def test_no_events_gives_empty_frames_and_bad_arguments_raise():
     assert not events_to_frames(EVENTS[:0], T=3, sensor_size=(3, 4)).any()
-    with pytest.raises(ValueError, match="split"):
+    with pytest.raises(ValueError, match="split must be one of 'time', 'number', got 'space'"):
         events_to_frames(EVENTS, T=2, sensor_size=(3, 4), split="space")
+    with pytest.raises(ValueError, match="size .* at least 1"):
+        events_to_frames(EVENTS, T=2, sensor_size=(3, 4), size=0)
     with pytest.raises(ValueError, match="outside"):
         events_to_frames(EVENTS, T=2, sensor_size=(2, 2))
+
+
+def test_numpy_integer_settings_are_accepted():
+    frames = events_to_frames(EVENTS, T=np.int64(2), sensor_size=(3, 4), size=np.int64(2))
+    assert frames.shape == (2, 2, 2, 2) and frames.sum() == 5

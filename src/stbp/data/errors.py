@@ -1,4 +1,4 @@
-"""The one error every reader raises on a file it cannot decode."""
+"""The error every reader raises on a file it cannot decode, and the warnings of data sets."""
 
 from __future__ import annotations
 
@@ -19,3 +19,21 @@ class FormatError(ValueError):
 
     def __reduce__(self):  # so that errors raised in worker processes reach the parent intact
         return type(self), (self.path, self.offset, self.problem)
+
+
+class SkippedEventsWarning(UserWarning):
+    """Records that are not events were left out; `counts` maps each file to how many.
+
+    A reader gives one per file; a data set gathers them into one for all its files.
+    """
+
+    def __init__(self, message: str, counts: dict[str, int]):
+        self.counts = {str(path): int(n) for path, n in counts.items()}
+        super().__init__(message)
+
+    def __reduce__(self):  # the warnings of worker processes travel back to the parent
+        return type(self), (str(self), self.counts)
+
+
+class SkippedFilesWarning(UserWarning):
+    """A data set left out recordings it could not read; the message lists them and why."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,21 @@ def make_events(x, y, p, t) -> np.ndarray:
 
 
 def read_bytes(path: str | Path) -> bytes:
-    """Read a whole file; an empty file is a `FormatError`."""
-    data = Path(path).read_bytes()
+    """Read a whole file (`~` expanded); an empty file is a `FormatError`."""
+    data = Path(path).expanduser().read_bytes()
     if not data:
         raise FormatError(path, 0, "empty file")
     return data
+
+
+def read_recording(reader: Callable[[str | Path], np.ndarray], path: str | Path) -> np.ndarray:
+    """The events `reader` finds in `path`; a recording without a single event is a
+    `FormatError` (it would train as an all-zero sample)."""
+    events = reader(path)
+    if len(events) == 0:
+        end = Path(path).expanduser().stat().st_size
+        raise FormatError(path, end, "the file ends without a single event")
+    return events
 
 
 def check_events(

@@ -23,7 +23,19 @@ def load_mnist10k() -> tuple[np.ndarray, np.ndarray]:
         return archive["images"], archive["labels"].astype(np.int64)
 
 
+def check_n_train(n_train: int, n: int) -> None:
+    """Refuse a split that leaves the training or the test part empty."""
+    if isinstance(n_train, bool) or not isinstance(n_train, (int, np.integer)):
+        raise ValueError(f"n_train must be an integer in 1..{n - 1}, got {n_train!r}")
+    if not 1 <= n_train <= n - 1:
+        raise ValueError(
+            f"n_train must be in 1..{n - 1} (the other {n} - n_train digits are the test set), "
+            f"got {n_train}"
+        )
+
+
 def split_indices(n: int, n_train: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices: the first `n_train` of a permutation of `n` seeded by `seed`."""
     order = np.random.default_rng(seed).permutation(n)
     return order[:n_train], order[n_train:]
 
@@ -64,6 +76,7 @@ class MNIST10k(Dataset):
 
     def __init__(self, train: bool = True, seed: int = 0, n_train: int = N_TRAIN):
         images, labels = load_mnist10k()
+        check_n_train(n_train, len(labels))
         train_idx, test_idx = split_indices(len(labels), n_train, seed)
         idx = train_idx if train else test_idx
         self.images = torch.from_numpy(images[idx]).float().div_(255.0).unsqueeze(1)
