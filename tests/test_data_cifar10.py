@@ -1,7 +1,11 @@
 """CIFAR-10 python batches: restricted unpickling, bad files, the data set and augmentation."""
 
+import io
 import os
 import pickle
+import pickletools
+import struct
+import types
 
 import numpy as np
 import pytest
@@ -10,7 +14,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stbp.data import CIFAR10, DataFolderError, FormatError, read_cifar10_batch
-from stbp.data.cifar10 import MEAN, STD, random_crop_flip
+from stbp.data.cifar10 import (
+    AUTHORS_STD,
+    DATASET_STD,
+    MEAN,
+    STD,
+    _check_opcodes,
+    random_crop_flip,
+)
+
+_core = getattr(np, "_core", None) or np.core
 
 FUZZ = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -45,6 +58,141 @@ def test_reads_a_python2_style_pickle(tmp_path):
     assert read_cifar10_batch(tmp_path / "b")[0].shape == (4, 3, 32, 32)
 
 
+def official_batch(n=4, seed=0, numpy_labels=False):
+    """A batch holding what the official files hold: data uint8 [N, 3072], labels, names."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    return {
+        b"batch_label": b"training batch 1 of 5",
+        b"labels": list(labels) if numpy_labels else [int(v) for v in labels],
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        b"filenames": [b"img_%d.png" % i for i in range(n)],
+    }
+
+
+def assert_reads_back(path, batch):
+    images, labels = read_cifar10_batch(path)
+    np.testing.assert_array_equal(images.reshape(len(images), -1), batch[b"data"])
+    assert labels.tolist() == [int(v) for v in batch[b"labels"]] and labels.dtype == np.int64
+
+
+@pytest.mark.parametrize("numpy_labels", [False, True])
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_reads_batches_pickled_by_this_numpy(tmp_path, protocol, numpy_labels):
+    batch = official_batch(numpy_labels=numpy_labels)
+    path = tmp_path / "data_batch_1"
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=protocol)
+    assert_reads_back(path, batch)
+
+
+NUMPY1_MODULES = {
+    _core.multiarray._reconstruct: "numpy.core.multiarray",
+    _core.numeric._frombuffer: "numpy.core.numeric",
+    _core.multiarray.scalar: "numpy.core.multiarray",
+}
+
+
+class Numpy1Pickler(pickle._Pickler):
+    """Python's own pickler, naming numpy's reconstructors as numpy 1.x does (numpy.core.*)."""
+
+    def save_global(self, obj, name=None):
+        module = NUMPY1_MODULES.get(obj)
+        if module is None:
+            return super().save_global(obj, name)
+        if self.proto >= 4:  # the strings are memoised, so a later global may BINGET them
+            self.save(module)
+            self.save(obj.__name__)
+            self.write(pickle.STACK_GLOBAL)
+        else:
+            self.write(pickle.GLOBAL + f"{module}\n{obj.__name__}\n".encode())
+        self.memoize(obj)
+
+    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch[types.FunctionType] = save_global  # _frombuffer is a Python function
+
+
+class Python2Pickler(Numpy1Pickler):
+    """Also writes str and bytes as Python 2 str (BINSTRING), as the official files hold them."""
+
+    dispatch = dict(Numpy1Pickler.dispatch)
+
+    def save_python2_str(self, obj):
+        data = obj if isinstance(obj, bytes) else obj.encode("latin1")
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_python2_str
+    dispatch[str] = save_python2_str
+
+
+def pickled_with(pickler, obj, protocol):
+    buffer = io.BytesIO()
+    pickler(buffer, protocol=protocol).dump(obj)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("numpy_labels", [False, True])
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_reads_batches_pickled_by_numpy_1(tmp_path, protocol, numpy_labels):
+    batch = official_batch(numpy_labels=numpy_labels)
+    data = pickled_with(Numpy1Pickler, batch, protocol)
+    assert b"numpy.core." in data and b"numpy._core" not in data
+    (tmp_path / "b").write_bytes(data)
+    assert_reads_back(tmp_path / "b", batch)
+
+
+def test_reads_a_python2_numpy1_batch_like_the_official_files(tmp_path):
+    batch = official_batch(n=5)
+    data = pickled_with(Python2Pickler, batch, 2)
+    assert b"cnumpy.core.multiarray\n_reconstruct" in data and b"U\x04data" in data
+    (tmp_path / "b").write_bytes(data)
+    assert_reads_back(tmp_path / "b", batch)
+
+
+def test_memoised_strings_name_the_global_a_stack_global_imports(tmp_path):
+    # numpy 2, protocol 4 pickles 'numpy' once, memoises it and fetches it back for dtype
+    data = pickle.dumps(official_batch(), protocol=4)
+    ops = [op.name for op, _, _ in pickletools.genops(data)]
+    assert "BINGET" in ops and ops.count("STACK_GLOBAL") == 3
+    _check_opcodes(tmp_path / "b", data)  # no error
+
+
+def memoised_os_system(command: str) -> tuple[bytes, int]:
+    """A protocol-4 pickle calling os.system, whose names come from the memo; the last two
+    strings it pushes are 'numpy' and 'dtype'. Returns the bytes and STACK_GLOBAL's offset."""
+
+    def text(s):
+        return b"\x8c" + bytes([len(s)]) + s.encode()
+
+    head = b"\x80\x04" + text("os") + b"\x94" + text("system") + b"\x94" + b"00"
+    head += text("numpy") + text("dtype") + b"00"  # pushed and popped again
+    head += b"h\x00h\x01"  # BINGET 0, BINGET 1
+    return head + b"\x93" + text(command) + b"\x85R.", len(head)
+
+
+def test_memoised_malicious_global_is_refused_at_its_byte(tmp_path):
+    marker = tmp_path / "pwned"
+    data, offset = memoised_os_system(f"touch {marker}")
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(data)
+    with pytest.raises(FormatError, match="references os.system, which is not allowed") as err:
+        read_cifar10_batch(path)
+    assert err.value.offset == offset and str(path) in str(err.value)
+    assert not marker.exists()
+
+
+def test_stack_global_on_names_that_are_not_strings_is_refused(tmp_path):
+    data = b"\x80\x04K\x01K\x02\x93."  # BININT1 1, BININT1 2, STACK_GLOBAL
+    (tmp_path / "b").write_bytes(data)
+    with pytest.raises(FormatError, match="name is not a string") as err:
+        read_cifar10_batch(tmp_path / "b")
+    assert err.value.offset == 6
+
+
 class Exploit:
     def __init__(self, marker):
         self.marker = marker
@@ -53,7 +201,7 @@ class Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.mark.parametrize("protocol", [0, 2, 4])
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
 def test_crafted_pickle_does_not_run_code(tmp_path, protocol):
     marker = tmp_path / "pwned"
     path = tmp_path / "data_batch_1"
@@ -132,6 +280,44 @@ def test_random_crop_flip_is_a_padded_window_maybe_flipped():
         assert any(torch.equal(out, w) or torch.equal(out, w.flip(-1)) for w in windows)
 
 
-def test_missing_folder_says_what_was_expected(tmp_path):
-    with pytest.raises(DataFolderError, match="cifar-10-batches-py.*data_batch_1"):
+def test_missing_folder_shows_the_layout_under_the_root_given(tmp_path):
+    with pytest.raises(DataFolderError) as err:
         CIFAR10(tmp_path)
+    message = str(err.value)
+    assert f"{tmp_path}/cifar-10-batches-py does not exist" in message
+    assert f"expected inside {tmp_path}: cifar-10-batches-py/{{data_batch_1 " in message
+    assert "cifar-10-batches-py/cifar-10-batches-py" not in message
+
+
+def test_missing_batch_file_is_named(tmp_path):
+    write_folder(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(DataFolderError, match="has no data_batch_3; expected inside"):
+        CIFAR10(tmp_path, train=True)
+    assert len(CIFAR10(tmp_path, train=False)) == 4
+
+
+def test_std_choice_normalises_with_the_dataset_or_the_authors_std(tmp_path):
+    write_folder(tmp_path)
+    raw = torch.from_numpy(batch_bytes(4, seed=5)[1][b"data"][1].reshape(3, 32, 32)).float() / 255
+    mean = torch.tensor(MEAN).view(3, 1, 1)
+    for choice, std in (("dataset", DATASET_STD), ("authors", AUTHORS_STD)):
+        ds = CIFAR10(tmp_path, train=False, std=choice)
+        torch.testing.assert_close(ds[1][0], (raw - mean) / torch.tensor(std).view(3, 1, 1))
+        torch.testing.assert_close(ds.std, torch.tensor(std).view(3, 1, 1))
+    assert AUTHORS_STD == (0.2023, 0.1994, 0.2010) and DATASET_STD == STD
+
+
+def test_unknown_std_choice_names_the_allowed_values(tmp_path):
+    write_folder(tmp_path)
+    with pytest.raises(ValueError, match="std must be one of dataset, authors, got 'imagenet'"):
+        CIFAR10(tmp_path, std="imagenet")
+
+
+def test_labels_are_one_int_per_sample_and_home_is_expanded(tmp_path, monkeypatch):
+    write_folder(tmp_path / "data")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    train = CIFAR10("~/data", train=True)
+    expected = [v for i in range(5) for v in batch_bytes(4, seed=i)[1][b"labels"]]
+    assert train.labels.tolist() == expected and train.labels.dtype == torch.int64
+    assert read_cifar10_batch("~/data/cifar-10-batches-py/test_batch")[0].shape[0] == 4

@@ -43,6 +43,31 @@ def test_overflow_marker_is_dropped_and_shifts_later_timestamps(tmp_path):
     assert events["x"].tolist() == [1, 2]
 
 
+def test_overflow_rule_is_credited_to_the_python_readers_not_the_matlab_one():
+    from stbp.data import nmnist
+
+    doc = nmnist.__doc__
+    assert "as the data set's MATLAB reader does" not in doc
+    assert "eventvision.py" in doc and "read_mnist_file" in doc
+    assert "Read_Ndataset.m" in doc and "no overflow rule" in doc
+
+
+def test_recording_of_overflow_records_only_names_the_file(tmp_path):
+    path = tmp_path / "no_events.bin"
+    path.write_bytes(record(0, 240, 0, 0) * 3)
+    with pytest.raises(FormatError, match="without a single event") as err:
+        read_nmnist(path)
+    assert str(path) in str(err.value) and err.value.offset == 15
+
+
+def test_home_is_expanded_when_reading_and_writing(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    events = make_events([1, 2], [3, 4], [1, 0], [10, 20])
+    write_nmnist("~/r.bin", events)
+    assert (tmp_path / "r.bin").exists()
+    np.testing.assert_array_equal(read_nmnist("~/r.bin"), events)
+
+
 def test_write_then_read_round_trips(tmp_path):
     rng = np.random.default_rng(0)
     t = np.sort(rng.integers(0, 2**23, 500))

@@ -12,12 +12,18 @@ through the same readers as the real data sets:
   34x34 sensor, train and test taken from the seeded 8k/2k split of `MNIST10k`;
 - `stbp emulate-dvs --out DIR`: AEDAT 2.0 DVS128 files of upscaled digits in the CIFAR10-DVS
   layout `DIR/<class name>/`, digit d filed under the d-th CIFAR-10 class name.
+
+A folder that already holds recordings of the layout is refused unless `--overwrite`
+(`overwrite=True`), which first removes those files (and only those), so that the folder never
+holds more recordings than asked for.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,33 +141,109 @@ def _dvs_job(job: tuple) -> None:
     aedat.write_aedat(path, events)
 
 
+class EmulatorError(ValueError):
+    """A setting of an emulator is out of range, or its output folder cannot be used."""
+
+
+NMNIST_FILES = tuple(f"{part}/{digit}/*.bin" for part in ("Train", "Test") for digit in range(10))
+DVS_FILES = tuple(f"{name}/*.aedat" for name in CIFAR10DVS_CLASSES)
+PARAMETERS = {"out": "out", "count": "count", "workers": "workers", "overwrite": "overwrite=True"}
+FLAGS = {"out": "--out", "count": "--count", "workers": "--workers", "overwrite": "--overwrite"}
+
+
+# The most files each emulator can write from the 10,000 embedded digits: one per digit for
+# N-MNIST; for DVS, where the first `count % 10` classes get one file more than the others,
+# ten times the rarest digit's count (863 fives) plus one for each class before it (0-4).
+MAX_NMNIST_COUNT = 10_000
+MAX_DVS_COUNT = 8_635
+
+
+def existing_recordings(out: str | Path, patterns: tuple[str, ...]) -> list[Path]:
+    """The files of the emulator's layout (`NMNIST_FILES` or `DVS_FILES`) already in `out`."""
+    out = Path(out).expanduser()
+    return sorted(f for pattern in patterns for f in out.glob(pattern) if f.is_file())
+
+
+def remove_recordings(out: str | Path, patterns: tuple[str, ...]) -> int:
+    """Delete the files of the emulator's layout in `out`, then the folders that held them if
+    that left them empty; return how many files were deleted. Nothing else is touched."""
+    out = Path(out).expanduser()
+    files = existing_recordings(out, patterns)
+    for f in files:
+        f.unlink()
+    folders = {parent for f in files for parent in f.relative_to(out).parents if parent.parts}
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+        if not any((out / folder).iterdir()):
+            (out / folder).rmdir()
+    return len(files)
+
+
+def check_settings(
+    out: Path,
+    count: int,
+    workers: int | None,
+    limit: int,
+    patterns: tuple[str, ...],
+    overwrite: bool,
+    names: dict[str, str],
+) -> list[Path]:
+    """Refuse a count outside 1..`limit`, fewer than one worker, an `out` that cannot be a
+    folder, or earlier recordings (files matching `patterns`) in `out` without `overwrite`;
+    return those recordings. `names` spells the settings in messages (`PARAMETERS`, `FLAGS`)."""
+    if not 1 <= count <= limit:
+        raise EmulatorError(f"{names['count']} must be in 1..{limit}, got {count}")
+    if workers is not None and workers < 1:
+        raise EmulatorError(f"{names['workers']} must be at least 1, got {workers}")
+    existing = next((p for p in (out, *out.parents) if p.exists()), out)
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == out else f"cannot be created: {existing} is a file"
+        raise EmulatorError(f"{names['out']} {out} {where}, not a folder")
+    old = existing_recordings(out, patterns)
+    if old and not overwrite:
+        raise EmulatorError(
+            f"{names['out']} {out} already holds {len(old)} recordings of the emulator's layout "
+            f"(e.g. {old[0].relative_to(out)}); add {names['overwrite']} to remove them first, "
+            "or choose an empty folder"
+        )
+    return old
+
+
 def write_emulated_nmnist(out: str | Path, count: int = 10_000, seed: int = 0,
-                          workers: int | None = None) -> int:  # fmt: skip
-    """Write `count` emulated N-MNIST files (80% from MNIST10k's train split); return count."""
+                          workers: int | None = None, overwrite: bool = False) -> int:  # fmt: skip
+    """Write `count` (1..10,000) emulated N-MNIST files (80% from MNIST10k's train split) to
+    `out` (`~` expanded); return count. With `overwrite`, earlier recordings there are removed
+    first; without it, a folder holding some is an `EmulatorError`."""
+    out = Path(out).expanduser()
+    check_settings(out, count, workers, MAX_NMNIST_COUNT, NMNIST_FILES, overwrite, PARAMETERS)
+    remove_recordings(out, NMNIST_FILES)
     images, labels = load_mnist10k()
     train_idx, test_idx = split_indices(len(labels), N_TRAIN, seed)
     n_train = round(count * N_TRAIN / len(labels))
     jobs = []
     for folder, chosen in (("Train", train_idx[:n_train]), ("Test", test_idx[: count - n_train])):
         for i in chosen:
-            path = Path(out) / folder / str(labels[i]) / f"{i:05d}.bin"
+            path = out / folder / str(labels[i]) / f"{i:05d}.bin"
             jobs.append((path, images[i], seed, int(i)))
     return _run(jobs, _nmnist_job, workers)
 
 
 def write_emulated_dvs(out: str | Path, count: int = 1_000, seed: int = 0,
-                       workers: int | None = None) -> int:  # fmt: skip
-    """Write `count` emulated DVS128 AEDAT 2.0 files in the CIFAR10-DVS layout; return count.
+                       workers: int | None = None, overwrite: bool = False) -> int:  # fmt: skip
+    """Write `count` (1..8,635) emulated DVS128 AEDAT 2.0 files in the CIFAR10-DVS layout to
+    `out` (`~` expanded); return count. `overwrite` as in `write_emulated_nmnist`.
 
     The classes get equal shares (the first `count % 10` one more), drawn at random (seeded).
     """
+    out = Path(out).expanduser()
+    check_settings(out, count, workers, MAX_DVS_COUNT, DVS_FILES, overwrite, PARAMETERS)
+    remove_recordings(out, DVS_FILES)
     images, labels = load_mnist10k()
     order = np.random.default_rng(seed).permutation(len(labels))
     jobs = []
     for digit, name in enumerate(CIFAR10DVS_CLASSES):
         chosen = order[labels[order] == digit][: count // 10 + (digit < count % 10)]
         for k, i in enumerate(chosen):
-            path = Path(out) / name / f"cifar10_{name}_{k}.aedat"
+            path = out / name / f"cifar10_{name}_{k}.aedat"
             jobs.append((path, images[i], seed, int(i)))
     return _run(jobs, _dvs_job, workers)
 
@@ -182,27 +264,54 @@ def _run(jobs: list[tuple], work, workers: int | None) -> int:
     return len(jobs)
 
 
+EMULATORS = {  # command: (default count, largest count, writer, files, what it writes)
+    "emulate-nmnist": (10_000, MAX_NMNIST_COUNT, write_emulated_nmnist, NMNIST_FILES,
+                       "N-MNIST"),
+    "emulate-dvs": (1_000, MAX_DVS_COUNT, write_emulated_dvs, DVS_FILES, "DVS128"),
+}  # fmt: skip
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `emulate-nmnist` and `emulate-dvs` sub-commands."""
-    for name, default, func, what in (
-        ("emulate-nmnist", 10_000, _cmd_nmnist, "N-MNIST .bin files (official folder layout)"),
-        ("emulate-dvs", 1_000, _cmd_dvs, "AEDAT 2.0 DVS128 files (CIFAR10-DVS folder layout)"),
+    for name, what in (
+        ("emulate-nmnist", "N-MNIST .bin files (official folder layout)"),
+        ("emulate-dvs", "AEDAT 2.0 DVS128 files (CIFAR10-DVS folder layout)"),
     ):
+        default, limit = EMULATORS[name][:2]
         parser = subparsers.add_parser(name, help=f"write emulated {what} from the embedded digits")
         parser.add_argument("--out", required=True, type=Path, help="folder to write into")
-        parser.add_argument("--count", type=int, default=default, help=f"files (default {default})")
+        parser.add_argument(
+            "--count", type=int, default=default, help=f"files, 1..{limit} (default {default})"
+        )
         parser.add_argument("--seed", type=int, default=0, help="split and noise seed (default 0)")
         parser.add_argument("--workers", type=int, default=None, help="processes (default: cores)")
-        parser.set_defaults(func=func)
+        parser.add_argument(
+            "--overwrite", action="store_true",
+            help="first remove the recordings an earlier run left in --out",
+        )  # fmt: skip
+        parser.set_defaults(func=_one_line_errors(_cmd_emulate))
 
 
-def _cmd_nmnist(args: argparse.Namespace) -> int:
-    n = write_emulated_nmnist(args.out, args.count, args.seed, args.workers)
-    print(f"wrote {n} emulated N-MNIST recordings to {args.out}")
-    return 0
+def _one_line_errors(command: Callable[[argparse.Namespace], int]):
+    """Print a bad setting or an unusable folder as one line on stderr and exit 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (ValueError, OSError) as err:
+            print(f"stbp {args.command}: error: {err}", file=sys.stderr)
+            return 2
+
+    return run
 
 
-def _cmd_dvs(args: argparse.Namespace) -> int:
-    n = write_emulated_dvs(args.out, args.count, args.seed, args.workers)
-    print(f"wrote {n} emulated DVS128 recordings to {args.out}")
+def _cmd_emulate(args: argparse.Namespace) -> int:
+    _, limit, write, files, what = EMULATORS[args.command]
+    out = args.out.expanduser()
+    old = check_settings(out, args.count, args.workers, limit, files, args.overwrite, FLAGS)
+    if old:
+        removed = remove_recordings(out, files)
+        print(f"removed {removed} earlier emulated {what} recordings from {out}")
+    n = write(out, args.count, args.seed, args.workers)
+    print(f"wrote {n} emulated {what} recordings to {out}")
     return 0
