@@ -88,3 +88,27 @@ def test_calibrated_encoding_layer_still_learns():
     assert encoding.abs().mean().item() < 100 * before
     stbp.rate_mse_loss(model(digits), torch.arange(16) % 10).backward()
     assert encoding.grad.abs().mean() > 1e-3 * model.layers.conv2.module.weight.grad.abs().mean()
+
+
+def test_network_with_dropout_tokens_fires_at_init_and_calibrates():
+    torch.manual_seed(0)
+    model = stbp.build(
+        "32C3(Enc)-DO-AP2-64C3-AP2-DO-256FC-DO-Voting",
+        (1, 28, 28),
+        T=T,
+        dropout=0.5,
+        dropout_mask="step",
+    ).eval()
+    with torch.no_grad():
+        model(_digits())
+    for layer, rate in stbp.firing_rates(model).items():
+        assert 0.01 <= rate <= 0.5, f"{layer} fires at {rate:.4f}"
+    reached = stbp.calibrate_(model.train(), _digits(16), rate=0.1)
+    assert reached["lif_fc1"] == pytest.approx(0.1, abs=0.02)  # through the dropout
+
+
+def test_calibration_runs_on_frames_of_another_window(nmnist_sample):
+    torch.manual_seed(0)
+    model = stbp.paper_network("nmnist-small", T=T + 2)  # frames have T steps, the model T + 2
+    reached = stbp.calibrate_(model, _nmnist_frames(nmnist_sample, 34))
+    assert set(reached) == set(stbp.firing_rates(model))

@@ -101,3 +101,20 @@ def test_cli_export(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     x = torch.rand(2, 1, 8, 8)
     assert torch.equal(model.eval()(x), import_nir(out)(x))
+
+
+@pytest.mark.parametrize("mask", ["sample", "step"])
+def test_dropout_is_left_out_of_the_export(mask, tmp_path):
+    torch.manual_seed(0)
+    model = stbp.build(
+        "4C3(Enc)-DO-8C3-AP2-DO-16FC-DO-Voting", (1, 8, 8), T=3, dropout=0.5, dropout_mask=mask
+    ).eval()
+    graph = export_nir(model, tmp_path / "m.nir")
+    assert not any("dropout" in name for name in graph.nodes)
+    back = import_nir(tmp_path / "m.nir")
+    assert not any("dropout" in name for name, _ in back.layers.named_children())
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+        assert expected.sum() > 0
+        assert torch.equal(expected, back(x))  # dropout is the identity at inference

@@ -61,7 +61,7 @@ def threshold_scaled_(model: nn.Module, rate: float = DEFAULT_RATE, input_m2: fl
         elif isinstance(module, LIF):
             m2 = rate
         elif isinstance(getattr(module, "module", None), nn.AvgPool2d):
-            n = module.module.kernel_size ** 2
+            n = module.module.kernel_size**2
             m2 = m2 / n + (1 - 1 / n) * m2**2
         elif isinstance(getattr(module, "module", None), nn.MaxPool2d):
             m2 = 1 - (1 - m2) ** (module.module.kernel_size**2)

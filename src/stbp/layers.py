@@ -1,13 +1,50 @@
-"""The paper's layers around the LIF neurons: encoding, time-folded synapses, voting.
+"""The paper's layers around the LIF neurons: encoding, time-folded synapses, dropout, voting.
 
-All take and return multi-step tensors `[T, B, ...]`.
+All take and return multi-step tensors `[T, B, ...]`. Every constructor checks its arguments
+(`check_int`, `check_fraction`, `check_choice`): one `ValueError` naming the argument, the
+value and the allowed range.
 """
 
 from __future__ import annotations
 
+import math
+from numbers import Integral, Real
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# ---------------------------------------------------------------------- argument checks
+
+
+def check_int(name: str, value, minimum: int = 1) -> int:
+    """`value` if it is an integer >= `minimum`; else one `ValueError` naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_fraction(name: str, value) -> float:
+    """`value` if it is a number in [0, 1); else one `ValueError` naming `name`."""
+    if not is_number(value) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value, choices: tuple[str, ...]) -> str:
+    """`value` if it is one of `choices`; else one `ValueError` naming `name`."""
+    if value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {allowed}; got {value!r}")
+    return value
+
+
+def is_number(value) -> bool:
+    """A finite real number (not a bool)."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# ---------------------------------------------------------------------- layers
 
 
 class Temporal(nn.Module):
@@ -22,6 +59,8 @@ class Temporal(nn.Module):
 
     def __init__(self, module: nn.Module, binary_input: bool = False):
         super().__init__()
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"Temporal wraps an nn.Module, got {type(module).__name__}")
         self.module = module
         self.binary_input = binary_input and isinstance(module, (nn.Conv2d, nn.Linear))
 
@@ -87,8 +126,12 @@ class ShapeOnlyAvgPool(torch.autograd.Function):
         grad = (grad / (k * k)).contiguous(memory_format=torch.channels_last)
         spread = F.interpolate(grad, scale_factor=k, mode="nearest")
         if spread.shape[-2:] != (h, w):
-            out = torch.empty(ctx.shape, dtype=spread.dtype, device=spread.device,
-                              memory_format=torch.channels_last)
+            out = torch.empty(
+                ctx.shape,
+                dtype=spread.dtype,
+                device=spread.device,
+                memory_format=torch.channels_last,
+            )
             h2, w2 = spread.shape[-2:]
             out[..., :h2, :w2] = spread
             out[..., h2:, :] = 0  # the rows and columns that the floor division left out
@@ -125,8 +168,16 @@ class SpikeInputSynapse(torch.autograd.Function):
             return grad_in, grad_w, grad_b, None
         stride, padding, dilation, groups = ctx.conv_args
         grad_in, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad, spikes, weight, [weight.shape[0]] if ctx.has_bias else None,
-            stride, padding, dilation, False, [0, 0], groups,
+            grad,
+            spikes,
+            weight,
+            [weight.shape[0]] if ctx.has_bias else None,
+            stride,
+            padding,
+            dilation,
+            False,
+            [0, 0],
+            groups,
             [need_input, need_weight, need_bias and ctx.has_bias],
         )
         return grad_in, grad_w, grad_b, None
@@ -142,7 +193,7 @@ class Encoding(Temporal):
 
     def __init__(self, module: nn.Module, T: int, in_dims: int):
         super().__init__(module)
-        self.T, self.in_dims = T, in_dims
+        self.T, self.in_dims = check_int("T", T), check_int("in_dims", in_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == self.in_dims + 1:
@@ -152,13 +203,12 @@ class Encoding(Temporal):
 
 
 class SeqDropout(nn.Module):
-    """Dropout with one mask per sample, kept for all T steps of that sample."""
+    """Dropout with one mask per sample, kept for all T steps of that sample
+    (`build(..., dropout_mask="sample")`, our default)."""
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-        self.p = p
+        self.p = check_fraction("dropout probability p", p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
@@ -170,6 +220,17 @@ class SeqDropout(nn.Module):
         return f"p={self.p}"
 
 
+class StepDropout(nn.Dropout):
+    """Dropout with a fresh mask at every time step, as the authors' CIFAR-10 code applies
+    `F.dropout` inside its loop over time (`build(..., dropout_mask="step")`).
+
+    On `[T, B, ...]` that is plain element-wise dropout, so this is `nn.Dropout` with the
+    probability checked to lie in [0, 1)."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__(check_fraction("dropout probability p", p))
+
+
 class Voting(nn.Module):
     """Voting output layer: `votes` LIF neurons per class; the class score is their firing
     rate averaged over the time window and over the class's group (fixed, not trained):
@@ -177,7 +238,8 @@ class Voting(nn.Module):
 
     def __init__(self, num_classes: int, votes: int = 10):
         super().__init__()
-        self.num_classes, self.votes = num_classes, votes
+        self.num_classes = check_int("num_classes", num_classes)
+        self.votes = check_int("votes", votes)
 
     def forward(self, spikes: torch.Tensor) -> torch.Tensor:
         rates = spikes.mean(dim=0)

@@ -2,33 +2,50 @@
 
 For a convolutional layer n with F feature maps, one auxiliary neuron per spatial position
 (i, j) integrates the spikes of all F maps at that position, with its own decay k_tau2
-(section "Neuron normalization (NeuNorm)" of the paper):
+(section "Neuron normalization (NeuNorm)" of the paper; the paper's auxiliary-neuron equation):
 
     x[t](i,j) = k_tau2 * x[t-1](i,j) + (v / F^2) * sum_f o[t](i,j,f)       (auxiliary neuron)
 
 and what layer n+1 receives is the spikes minus the auxiliary output, weighted by trainable
-per-position weights alpha:
+per-position weights alpha (the paper's equation for the membrane potential of layer n+1):
 
     u_{n+1}[t] = k_tau1 u_{n+1}[t-1] (1 - o_{n+1}[t-1]) + W * (o[t] - alpha(i,j,f) x[t](i,j)) + b
 
-so `NeuNorm` sits between a layer's LIF and the next layer's synapses. The paper leaves v
-open; by default we take `v = F (1 - k_tau2)`, which makes x an exponential moving average
-of the mean firing rate across the F maps (x stays in [0, 1]). alpha starts at `alpha_init`.
+so `NeuNorm` sits between a layer's LIF and the next layer's synapses. The paper leaves v and
+the initial alpha open, and the authors released no NeuNorm code; two readings exist:
+
+- `"stbp"` (ours, the default): `v = F (1 - k_tau2)`, i.e. the drive is `(1 - k) * mean_f o`,
+  which makes x an exponential moving average of the mean firing rate across the F maps
+  (x stays in [0, 1]); alpha starts at 1, so the next layer sees the spikes minus that rate.
+- `"spikingjelly"` (SpikingJelly's `layer.NeuNorm`): its docstring derives v/F from
+  `k_tau2 + vF = 1`; its code multiplies `sum_f o` by `(1 - k) / F^2`, which is `v = 1 - k`
+  here (a drive F times weaker than ours), and initialises alpha (its `w`) with
+  `kaiming_uniform_(a=sqrt(5))`: uniform in `+-1 / sqrt(H * W)` for a `[F, H, W]` weight.
+
+`NeuNorm.from_reading(reading, ...)` and `build(..., neunorm_reading=...)` pick one.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from stbp import kernels
+from stbp.layers import check_choice, check_fraction, check_int, is_number
+
+READINGS = ("stbp", "spikingjelly")
+KAIMING_UNIFORM = "kaiming-uniform"  # alpha_init: SpikingJelly's init of its weight w
 
 
 def neunorm(
     spikes: torch.Tensor, alpha: torch.Tensor, k: float = 0.9, v: float | None = None
 ) -> torch.Tensor:
-    """Auxiliary-neuron normalization of `spikes` `[T, B, F, H, W]` (see module docstring);
-    `alpha` broadcasts against `[F, H, W]`. Returns `o - alpha * x`, same shape.
+    """Auxiliary-neuron normalization of `spikes` `[T, B, F, H, W]`: the paper's auxiliary
+    neuron `x[t] = k x[t-1] + (v/F^2) sum_f o[t]` and the normalized input `o - alpha * x`
+    of the next layer (see module docstring; `v = None`: ours, `F (1 - k)`). `alpha`
+    broadcasts against `[F, H, W]`. Returns `o - alpha * x`, same shape.
 
     One autograd function: the auxiliary neurons are only `1/F` of the spikes, so the
     backward pass keeps just them (and alpha) and recomputes nothing."""
@@ -67,8 +84,9 @@ def neunorm_forward(o: torch.Tensor, alpha: torch.Tensor, k: float, scale: float
     return o - alpha * x, x
 
 
-def neunorm_backward(grad: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, k: float,
-                     scale: float, dim: int):
+def neunorm_backward(
+    grad: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, k: float, scale: float, dim: int
+):
     """Gradients of `neunorm_forward` w.r.t. `o` and `alpha`: the auxiliary neurons' gradient
     runs back through their recursion, `d[t] = -sum_f alpha grad[t] + k d[t+1]`."""
     through_x = -(grad * alpha).sum(dim=dim, keepdim=True, dtype=x.dtype)
@@ -105,13 +123,19 @@ class NeuNormFunction(torch.autograd.Function):
         grad_o, grad_alpha = kernels.run(
             neunorm_backward, grad.permute(ctx.order), x, alpha_p, *ctx.params
         )
-        return (grad_o.permute(kernels.inverse(ctx.order)),
-                grad_alpha.permute(kernels.inverse(ctx.alpha_order)), None, None)
+        return (
+            grad_o.permute(kernels.inverse(ctx.order)),
+            grad_alpha.permute(kernels.inverse(ctx.alpha_order)),
+            None,
+            None,
+        )
 
 
 class NeuNorm(nn.Module):
-    """NeuNorm for a conv layer's spikes `[T, B, channels, height, width]`, with trainable
-    per-position weights alpha `[channels, height, width]` and auxiliary decay `k`."""
+    """NeuNorm for a conv layer's spikes `[T, B, channels, height, width]`: the paper's
+    auxiliary neurons with decay `k` (k_tau2) and input weight `v / F^2` (`v = None`: ours,
+    `F (1 - k)`), and trainable per-position weights alpha `[channels, height, width]`
+    starting at `alpha_init` (a number, or `"kaiming-uniform"`: SpikingJelly's init)."""
 
     def __init__(
         self,
@@ -120,14 +144,45 @@ class NeuNorm(nn.Module):
         width: int,
         k: float = 0.9,
         v: float | None = None,
-        alpha_init: float = 1.0,
+        alpha_init: float | str = 1.0,
     ):
         super().__init__()
-        self.k, self.v = k, v
-        self.alpha = nn.Parameter(torch.full((channels, height, width), float(alpha_init)))
+        shape = tuple(
+            check_int(n, s)
+            for n, s in (("channels", channels), ("height", height), ("width", width))
+        )
+        self.k = check_fraction("NeuNorm k (k_tau2)", k)
+        if v is not None and not (is_number(v) and v > 0):
+            raise ValueError(f"NeuNorm v must be a number > 0 (or None: F (1 - k)), got {v!r}")
+        self.v = None if v is None else float(v)
+        self.alpha = nn.Parameter(_initial_alpha(shape, alpha_init))
+
+    @classmethod
+    def from_reading(
+        cls, reading: str, channels: int, height: int, width: int, k: float = 0.9
+    ) -> NeuNorm:
+        """NeuNorm as `reading` (`"stbp"` or `"spikingjelly"`) sets v and alpha's init (see
+        the module docstring). SpikingJelly's random alpha is drawn from torch's global RNG,
+        so `torch.manual_seed` makes it reproducible."""
+        check_choice("neunorm_reading", reading, READINGS)
+        if reading == "spikingjelly":
+            return cls(channels, height, width, k, v=1 - k, alpha_init=KAIMING_UNIFORM)
+        return cls(channels, height, width, k)
 
     def forward(self, spikes: torch.Tensor) -> torch.Tensor:
         return neunorm(spikes, self.alpha, self.k, self.v)
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.alpha.shape)}, k={self.k}, v={self.v}"
+
+
+def _initial_alpha(shape: tuple[int, int, int], alpha_init: float | str) -> torch.Tensor:
+    """alpha's first value: a constant, or SpikingJelly's `kaiming_uniform_(a=sqrt(5))`,
+    which for a `[F, H, W]` tensor (fan-in H * W) is uniform in `+-1 / sqrt(H * W)`."""
+    if alpha_init == KAIMING_UNIFORM:
+        return nn.init.kaiming_uniform_(torch.empty(shape), a=math.sqrt(5))
+    if not is_number(alpha_init):
+        raise ValueError(
+            f"NeuNorm alpha_init must be a number or {KAIMING_UNIFORM!r}, got {alpha_init!r}"
+        )
+    return torch.full(shape, float(alpha_init))

@@ -16,7 +16,8 @@ and import inverts it with `decay = 1 - dt / tau`. `decay = 1` (no leak) exports
 with `r = 1 / dt`. Conv layers map to `Conv2d`, average pooling to `AvgPool2d`, FC layers to
 `Flatten` + `Affine`, and the voting layer to a `Linear` node holding the voting matrix M
 (1/votes per class group): the class score is that node's output averaged over the T steps.
-Dropout is the identity at inference and is left out. NeuNorm and max pooling have no NIR
+Dropout (`SeqDropout`, `StepDropout`: the `DO` token) is the identity at inference and is
+left out; import builds no dropout. NeuNorm and max pooling have no NIR
 equivalent and raise an error naming the layer.
 """
 
@@ -59,9 +60,7 @@ def _array(t: torch.Tensor) -> np.ndarray:
 # ---------------------------------------------------------------------------------- export
 
 
-def export_nir(
-    model: SNN, path: str | Path | None = None, dt: float = DEFAULT_DT
-) -> nir.NIRGraph:
+def export_nir(model: SNN, path: str | Path | None = None, dt: float = DEFAULT_DT) -> nir.NIRGraph:
     """Write `model` to `path` as a NIR graph (HDF5) and return the `nir.NIRGraph`.
 
     `dt` is the duration of one time step (seconds) used to map the LIF decay to NIR's time
@@ -96,7 +95,7 @@ def _unsupported(name: str, module: nn.Module) -> ValueError:
 
 def _export_layer(nir, name: str, module: nn.Module, shape: tuple, dt: float):
     """NIR nodes `{name: node}` for one stbp layer, and the shape it outputs."""
-    if isinstance(module, SeqDropout):
+    if isinstance(module, (SeqDropout, nn.Dropout)):  # the identity at inference
         return {}, shape
     if isinstance(module, LIF):
         return {name: _export_lif(nir, module, shape, dt)}, shape
@@ -124,8 +123,11 @@ def _export_lif(nir, module: LIF, shape: tuple, dt: float):
         return nir.IF(r=full(1.0 / dt), v_threshold=full(threshold), v_reset=full(0.0))
     tau = dt / (1.0 - decay)
     return nir.LIF(
-        tau=full(tau), r=full(tau / dt), v_leak=full(0.0),
-        v_threshold=full(threshold), v_reset=full(0.0),
+        tau=full(tau),
+        r=full(tau / dt),
+        v_leak=full(0.0),
+        v_threshold=full(threshold),
+        v_reset=full(0.0),
     )
 
 
@@ -134,8 +136,13 @@ def _export_conv(nir, name: str, conv: nn.Conv2d, shape: tuple):
         raise ValueError(f"layer {name!r}: only zero padding given as numbers can be exported")
     bias = _array(conv.bias) if conv.bias is not None else np.zeros(conv.out_channels)
     node = nir.Conv2d(
-        input_shape=tuple(shape[1:]), weight=_array(conv.weight), stride=conv.stride,
-        padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=bias,
+        input_shape=tuple(shape[1:]),
+        weight=_array(conv.weight),
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=bias,
     )
     return {name: node}, tuple(int(s) for s in node.output_type["output"])
 
@@ -146,8 +153,9 @@ def _pair(v) -> np.ndarray:
 
 def _export_avgpool(nir, name: str, pool: nn.AvgPool2d, shape: tuple):
     if pool.ceil_mode or pool.divisor_override is not None:
-        raise ValueError(f"layer {name!r}: AvgPool2d with ceil_mode/divisor_override "
-                         "has no NIR equivalent")
+        raise ValueError(
+            f"layer {name!r}: AvgPool2d with ceil_mode/divisor_override has no NIR equivalent"
+        )
     k, s, p = _pair(pool.kernel_size), _pair(pool.stride), _pair(pool.padding)
     if p.any() and not pool.count_include_pad:
         raise ValueError(f"layer {name!r}: padded AvgPool2d must count the padding for NIR")
@@ -160,8 +168,7 @@ def _export_fc(nir, name: str, inner: nn.Module, shape: tuple, module: nn.Module
     parts = list(inner) if isinstance(inner, nn.Sequential) else [inner]
     nodes = {}
     if len(parts) == 2 and isinstance(parts[0], nn.Flatten):
-        nodes[f"flatten_{name}"] = nir.Flatten(input_type={"input": np.array(shape)},
-                                               start_dim=0)
+        nodes[f"flatten_{name}"] = nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0)
         shape, parts = (int(np.prod(shape)),), parts[1:]
     if len(parts) != 1 or not isinstance(parts[0], nn.Linear):
         raise _unsupported(name, module)
@@ -203,14 +210,24 @@ def import_nir(
         if isinstance(node, nir.Flatten):
             pending_flatten = True
             continue
-        module = _import_node(nir, name, node, dt, first=not modules, flatten=pending_flatten,
-                              T=T, in_dims=len(in_shape))
+        module = _import_node(
+            nir,
+            name,
+            node,
+            dt,
+            first=not modules,
+            flatten=pending_flatten,
+            T=T,
+            in_dims=len(in_shape),
+        )
         pending_flatten = False
         modules[name] = module
     vote = list(modules.values())[-1] if modules else None
     if not isinstance(vote, Voting):
-        raise ValueError("the graph must end with the voting matrix (a Linear node) to be "
-                         "imported as an stbp SNN")
+        raise ValueError(
+            "the graph must end with the voting matrix (a Linear node) to be "
+            "imported as an stbp SNN"
+        )
     return SNN(nn.Sequential(modules), "", in_shape, T, vote.num_classes)
 
 
@@ -232,8 +249,9 @@ def _chain(graph) -> list[str]:
     return chain
 
 
-def _import_node(nir, name: str, node, dt: float, first: bool, flatten: bool, T: int,
-                 in_dims: int) -> nn.Module:
+def _import_node(
+    nir, name: str, node, dt: float, first: bool, flatten: bool, T: int, in_dims: int
+) -> nn.Module:
     if isinstance(node, (nir.LIF, nir.IF)):
         return _import_lif(name, node, dt)
     if isinstance(node, nir.Conv2d):
@@ -253,8 +271,10 @@ def _import_node(nir, name: str, node, dt: float, first: bool, flatten: bool, T:
 def _uniform(name: str, field: str, values) -> float:
     arr = np.asarray(values, dtype=np.float64)
     if arr.size == 0 or not np.all(arr == arr.flat[0]):
-        raise ValueError(f"NIR node {name!r}: {field} differs between neurons; stbp's LIF "
-                         "takes one value per layer")
+        raise ValueError(
+            f"NIR node {name!r}: {field} differs between neurons; stbp's LIF "
+            "takes one value per layer"
+        )
     return float(arr.flat[0])
 
 
@@ -272,15 +292,19 @@ def _import_lif(name: str, node, dt: float) -> LIF:
     _check_close(name, "r * dt / tau", r * dt / tau, 1.0)
     decay = float(f"{1.0 - dt / tau:.15g}")  # drop the round-off of tau = dt / (1 - decay)
     if not 0.0 <= decay < 1.0:
-        raise ValueError(f"NIR node {name!r}: tau = {tau} with dt = {dt} gives decay {decay} "
-                         "outside [0, 1); pass the dt the graph was made for")
+        raise ValueError(
+            f"NIR node {name!r}: tau = {tau} with dt = {dt} gives decay {decay} "
+            "outside [0, 1); pass the dt the graph was made for"
+        )
     return LIF(decay, threshold)
 
 
 def _check_close(name: str, what: str, value: float, expected: float) -> None:
     if not np.isclose(value, expected, rtol=1e-9, atol=0.0):
-        raise ValueError(f"NIR node {name!r}: {what} = {value:.6g}, but Algorithm 1 needs "
-                         f"{expected} (input gain 1 per step); check dt")
+        raise ValueError(
+            f"NIR node {name!r}: {what} = {value:.6g}, but Algorithm 1 needs "
+            f"{expected} (input gain 1 per step); check dt"
+        )
 
 
 def _ints(v) -> tuple[int, int]:
@@ -290,9 +314,15 @@ def _ints(v) -> tuple[int, int]:
 def _import_conv(node) -> nn.Conv2d:
     weight = torch.as_tensor(np.asarray(node.weight, dtype=np.float32))
     padding = node.padding if isinstance(node.padding, str) else _ints(node.padding)
-    conv = nn.Conv2d(weight.shape[1] * int(node.groups), weight.shape[0],
-                     tuple(weight.shape[2:]), stride=_ints(node.stride), padding=padding,
-                     dilation=_ints(node.dilation), groups=int(node.groups))
+    conv = nn.Conv2d(
+        weight.shape[1] * int(node.groups),
+        weight.shape[0],
+        tuple(weight.shape[2:]),
+        stride=_ints(node.stride),
+        padding=padding,
+        dilation=_ints(node.dilation),
+        groups=int(node.groups),
+    )
     with torch.no_grad():
         conv.weight.copy_(weight)
         conv.bias.copy_(torch.as_tensor(np.asarray(node.bias, dtype=np.float32)))
@@ -315,8 +345,10 @@ def _import_voting(name: str, node) -> Voting:
         vote = Voting(classes, units // classes)
         if np.array_equal(weight, _voting_matrix(vote)):
             return vote
-    raise ValueError(f"NIR node {name!r}: a Linear node is imported only as the voting "
-                     "matrix (1/votes for each class's group of neurons)")
+    raise ValueError(
+        f"NIR node {name!r}: a Linear node is imported only as the voting "
+        "matrix (1/votes for each class's group of neurons)"
+    )
 
 
 # ---------------------------------------------------------------------------------- CLI
@@ -324,12 +356,17 @@ def _import_voting(name: str, node) -> Voting:
 
 def register(subparsers) -> None:
     """Add `stbp export-nir` to the CLI."""
-    p = subparsers.add_parser("export-nir", help="export a checkpoint to NIR (HDF5)",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser(
+        "export-nir", help="export a checkpoint to NIR (HDF5)", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
     p.add_argument("--out", required=True, help="output file, e.g. model.nir")
-    p.add_argument("--dt", type=float, default=DEFAULT_DT,
-                   help=f"seconds per time step for the LIF mapping (default {DEFAULT_DT})")
+    p.add_argument(
+        "--dt",
+        type=float,
+        default=DEFAULT_DT,
+        help=f"seconds per time step for the LIF mapping (default {DEFAULT_DT})",
+    )
     p.set_defaults(func=friendly(_cli))
 
 
