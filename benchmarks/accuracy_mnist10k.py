@@ -8,7 +8,8 @@ for the demo's own net, or another config on the digits) for `--epochs` epochs: 
 with the rate MSE loss on votes.
 ANN twin: `baselines.ANNTwin`, the same layers with ReLU instead of LIF, the output averaged
 per class, fed each image once (T = 1), cross-entropy, no dropout; the same optimizer,
-schedule, batch size, augmentation, precision, seed and seeded 8,000 / 2,000 split.
+schedule, batch size, augmentation, precision, seed and training samples (the seeded 8,000 /
+2,000 split, less the SNN's validation part).
 `--rotate`/`--scale` add random rotations and zooms to the shifts (for both), `--dropout` sets
 the SNN's dropout after the hidden FC layer.
 """
@@ -23,30 +24,32 @@ import torch
 from baselines import ANNTwin  # benchmarks/baselines.py: the speed benchmark's twin
 from torch import nn
 
-from stbp.config import load_config, merge
-from stbp.data import MNIST10k
+from stbp.config import DataSettings, ModelSettings, load_config, merge
 from stbp.data.mnist10k import random_affine, random_shift
-from stbp.train import autocast, make_model, resolve_precision, run_training
+from stbp.datasets import make_splits
+from stbp.runs import run_training
+from stbp.train import autocast, make_model, resolve_precision
 
 
 def train_ann(config: dict, epochs: int, seed: int) -> tuple[float, float]:
     torch.manual_seed(seed)
     data, device = config["data"], torch.device("cpu")
-    train, test = MNIST10k(True, seed=data["split_seed"]), MNIST10k(False, seed=data["split_seed"])
-    no_dropout = merge(config, {"model": {"dropout": 0.0}})
-    model = ANNTwin(make_model(no_dropout, (1, 28, 28)))
+    splits = make_splits(DataSettings(**data))
+    train, test = splits.train_set, splits.test_set
+    no_dropout = ModelSettings(**merge(config, {"model": {"dropout": 0.0}})["model"])
+    model = ANNTwin(make_model(no_dropout, data["T"], (1, 28, 28)))
     for m in model.modules():  # PyTorch's default init: ReLU nets need no threshold scaling
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
     batch, lr = config["optim"]["batch_size"], config["optim"]["lr"]
     opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
-    steps = epochs * math.ceil(len(train) / batch)
+    steps = epochs * math.ceil(len(splits.train) / batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     precision = config["run"]["precision"]
     start = time.time()
     for _ in range(epochs):
         model.train()
-        for idx in torch.randperm(len(train)).split(batch):
+        for idx in splits.train[torch.randperm(len(splits.train))].split(batch):
             x = train.images[idx]
             if data["augment_rotate"] or data["augment_scale"]:
                 x = random_affine(x, data["augment_rotate"], data["augment_scale"])
@@ -75,7 +78,7 @@ def main() -> None:
     parser.add_argument("--rotate", type=float, default=0.0, help="degrees (default 0)")
     parser.add_argument("--scale", type=float, default=0.0, help="zoom range (default 0)")
     parser.add_argument("--dropout", type=float, help="SNN dropout (default: the config's)")
-    parser.add_argument("--out", default="runs/accuracy-mnist10k")
+    parser.add_argument("--out", help="run folder (default runs/<config>-<timestamp>)")
     args = parser.parse_args()
     config = load_config(args.config)
     run, data = config["run"], config["data"]
@@ -89,12 +92,15 @@ def main() -> None:
     snn = run_training(config, out=args.out)
     ann_acc, ann_seconds = train_ann(config, run["epochs"], args.seed)
     net = config["model"]["spec"] or config["model"]["network"]
-    print(f"split: embedded MNIST, seeded 8,000/2,000 (split seed {data['split_seed']})")
+    split = snn["split"]
+    print(f"split: embedded MNIST, seeded {split['train']}/{split['val']}/{split['test']} "
+          f"train/val/test (split seed {data['split_seed']})")
     print(f"augmentation: shift {data['augment_shift']} px, rotate {args.rotate} deg, "
           f"scale {args.scale}; SNN dropout {config['model']['dropout']}; {run['precision']}")
-    print(f"SNN  {net} T={data['T']}, {run['epochs']} epochs: best test "
-          f"{snn['best_test_acc']:.2%} (epoch {snn['best_epoch']}), final "
-          f"{snn['final_test_acc']:.2%}, {snn['total_seconds']:.0f} s, seed {args.seed}")
+    print(f"SNN  {net} T={data['T']}, {run['epochs']} epochs: test "
+          f"{snn['test_acc_at_selection']:.2%} at the epoch of best {snn['selection']} accuracy "
+          f"({snn['selected_epoch']}), final {snn['final_test_acc']:.2%}, "
+          f"{snn['total_seconds']:.0f} s, seed {args.seed}")
     print(f"ANN twin: final test {ann_acc:.2%}, {ann_seconds:.0f} s, seed {args.seed}")
 
 

@@ -2,6 +2,7 @@
 
 import torch
 
+from stbp.config import DataSettings
 from stbp.data.mnist10k import random_affine, random_shift
 from stbp.distributed import Batches, Context
 
@@ -55,12 +56,11 @@ def test_batches_shift_event_recordings_only_in_training():
             x[:, :, 4, 4] = 1.0
             return x, i
 
-    config = {"data": {"augment_shift": 2, "augment_flip": False, "augment_rotate": 0.0,
-                       "augment_scale": 0.0}, "run": {"workers": 0}}  # fmt: skip
+    data = DataSettings(augment_shift=2)
     ctx = Context(rank=0, world=1, device=torch.device("cpu"))
     batch = [torch.arange(4)]
     g = torch.Generator().manual_seed(3)
-    (train_x, _), = Batches(Events(), config, ctx, train=True)(batch, g)
-    (test_x, _), = Batches(Events(), config, ctx, train=False)(batch, g)
+    (train_x, _), = Batches(Events(), data, 0, ctx, train=True)(batch, g)
+    (test_x, _), = Batches(Events(), data, 0, ctx, train=False)(batch, g)
     assert train_x.shape == test_x.shape == (3, 4, 2, 10, 10)
     assert test_x[:, :, :, 4, 4].all() and not train_x[:, :, :, 4, 4].all()

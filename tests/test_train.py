@@ -10,8 +10,9 @@ import torch
 from stbp import PAPER_NETWORKS
 from stbp import checkpoint as ck
 from stbp.cli import main
-from stbp.config import config_names, load_config, merge
-from stbp.train import make_model, resolve_precision, run_training
+from stbp.config import Settings, config_names, load_config, merge
+from stbp.runs import run_training
+from stbp.train import make_model, resolve_precision
 
 TINY_SPEC = "8C3(Enc)-AP2-16FC-Voting"
 
@@ -38,11 +39,12 @@ def test_a_run_leaves_its_folder(tmp_path):
     }  # fmt: skip
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds", "lr"):
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                "epoch_seconds", "lr"):  # fmt: skip
         assert math.isfinite(float(rows[-1][key]))
     assert any(k.startswith("rate_lif_") for k in rows[-1])
     stored = json.loads((out / "summary.json").read_text())
-    assert stored["best_test_acc"] == summary["best_test_acc"] and stored["seed"] == 0
+    assert stored == json.loads(json.dumps(summary)) and stored["seed"] == 0
     assert stored["parameters"] > 0 and stored["torch_version"] == torch.__version__
     state = ck.load_checkpoint(out / "last.pt")
     assert state["epoch"] == 2 and set(state["rng"]) >= {"python", "numpy", "torch"}
@@ -75,16 +77,18 @@ def test_unknown_config_and_missing_data_are_one_clear_line(tmp_path, capsys):
     assert "none" in err and "does not exist" in err and "Traceback" not in err
 
 
-def test_resume_refuses_a_checkpoint_of_another_network(tmp_path):
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
+    """Settings that change the network, the data or the optimizer are named, not crashed on."""
     out = tmp_path / "run"
     run_training(tiny_config(run={"epochs": 1}), out)
     other = tiny_config(run={"epochs": 2}, model={"spec": "8C3(Enc)-AP2-32FC-Voting"})
-    with pytest.raises(ck.CheckpointError, match="last.pt holds a different network.*spec"):
+    with pytest.raises(ck.CheckpointError, match=r"last.pt was trained with other settings "
+                       r"\(\[model\] spec: '8C3\(Enc\)-AP2-16FC-Voting' vs"):  # fmt: skip
         run_training(other, out, resume=True)
-    with pytest.raises(
-        ck.CheckpointError, match=r"last.pt holds a different network .*\(T: 2 vs 3\)"
-    ):
+    with pytest.raises(ck.CheckpointError, match=r"\(\[data\] T: 2 vs 3\)"):
         run_training(tiny_config(run={"epochs": 2}, data={"T": 3}), out, resume=True)
+    with pytest.raises(ck.CheckpointError, match=r"\[optim\] optimizer: 'adam' vs 'sgd'"):
+        run_training(tiny_config(run={"epochs": 2}, optim={"optimizer": "sgd"}), out, resume=True)
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch,
@@ -149,7 +153,7 @@ def test_every_config_builds_its_network_with_and_without_neunorm(name):
     for neunorm in (False, True):
         config["model"]["neunorm"] = neunorm
         shape = config["model"]["in_shape"] or PAPER_NETWORKS[config["model"]["network"]][1]
-        model = make_model(config, tuple(shape))
+        model = make_model(Settings.of(config).model, config["data"]["T"], tuple(shape))
         assert any("alpha" in k for k in model.state_dict()) == neunorm
         assert model.build_args["T"] == config["data"]["T"]
 

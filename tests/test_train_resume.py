@@ -1,23 +1,27 @@
-"""Exact resume: a run killed with SIGKILL mid-epoch and resumed ends bit-identical (CPU)."""
+"""Exact resume: a run killed (SIGKILL) or interrupted (Ctrl-C) at a random step of any epoch,
+then resumed, ends bit-identical to an uninterrupted run (CPU)."""
 
-import json
 import os
+import random
+import signal
 import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from stbp import checkpoint as ck
 from stbp.config import load_config, merge, to_toml
 
-ENV = {**os.environ, "STBP_COMPILE": "0"}
-EPOCHS = 3
+ENV = {**os.environ, "STBP_COMPILE": "0", "OMP_NUM_THREADS": "1"}
+EPOCHS, STEPS = 3, 25
 
 
 def write_config(path):
     config = merge(load_config("demo"), {
-        "run": {"epochs": EPOCHS, "device": "cpu", "max_steps_per_epoch": 25, "precision": "fp32"},
+        "run": {"epochs": EPOCHS, "device": "cpu", "max_steps_per_epoch": STEPS,
+                "precision": "fp32", "checkpoint_every": 1},
         "data": {"T": 2, "n_train": 9600, "augment_shift": 2},
         "model": {"spec": "8C3(Enc)-AP2-16FC-Voting", "dropout": 0.5},
         "optim": {"batch_size": 16},
@@ -29,48 +33,74 @@ def write_config(path):
 def train(config, out, *extra):
     cmd = [sys.executable, "-m", "stbp", "train", "--config", str(config), "--out", str(out)]
     return subprocess.Popen([*cmd, *extra], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
-def stored_epoch(path):
+def position(path):
+    """(epochs done, steps done in the next epoch) of the checkpoint at `path`."""
     try:
-        return ck.load_checkpoint(path)["epoch"]
+        state = ck.load_checkpoint(path)
     except ck.CheckpointError:
-        return 0
+        return (0, 0)
+    return state["epoch"], state.get("step", 0)
 
 
-def files_of_epoch(out):
-    """The epoch whose files were all written (summary.json is written last)."""
-    try:
-        return json.loads((out / "summary.json").read_text())["epochs"]
-    except (OSError, ValueError):
-        return 0
+def stop_at(process, out, epoch, step, sig):
+    """Send `sig` once the run has saved step `step` of epoch `epoch` (1-based)."""
+    while position(out / "last.pt") < (epoch - 1, step):
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(sig)
+    return process.communicate(timeout=120)
 
 
-def kill_mid_epoch(process, out):
-    """SIGKILL `process` just after it finished writing epoch 1 (so, early in epoch 2)."""
-    while files_of_epoch(out) < 1:
-        assert process.poll() is None, process.stdout.read().decode()
-        time.sleep(0.02)
-    time.sleep(0.1)
-    process.kill()
-    process.wait()
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reference")
+    config = write_config(folder / "tiny.toml")
+    done = train(config, folder / "run")
+    assert done.wait() == 0, done.communicate()
+    return config, ck.load_checkpoint(folder / "run" / "last.pt")
 
 
-def test_killed_and_resumed_run_ends_bit_identical(tmp_path):
-    config = write_config(tmp_path / "tiny.toml")
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    first = train(config, reference)
-    second = train(config, killed)
-    kill_mid_epoch(second, killed)
-    assert second.returncode == -9
-    assert stored_epoch(killed / "last.pt") == 1  # it died in epoch 2
-    assert first.wait() == 0, first.stdout.read().decode()
-    resumed = train(config, killed, "--resume")
-    assert resumed.wait() == 0, resumed.stdout.read().decode()
-    a, b = ck.load_checkpoint(reference / "last.pt"), ck.load_checkpoint(killed / "last.pt")
-    assert a["epoch"] == b["epoch"] == EPOCHS
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
-    assert a["history"][-1]["test_acc"] == b["history"][-1]["test_acc"]
-    assert (killed / "metrics.csv").read_text().count("\n") == EPOCHS + 1
+@pytest.mark.parametrize("sig, epoch", [(signal.SIGKILL, 1), (signal.SIGKILL, 3),
+                                        (signal.SIGINT, 2)])  # fmt: skip
+def test_stopped_at_a_random_step_and_resumed_ends_bit_identical(reference, tmp_path, sig, epoch):
+    config, expected = reference
+    step = random.Random(f"{sig}{epoch}").randrange(1, STEPS - 2)
+    out = tmp_path / "run"
+    process = train(config, out)
+    _, err = stop_at(process, out, epoch, step, sig)
+    if sig == signal.SIGINT:  # one line: where it stopped, what it saved, how to resume
+        assert process.returncode == 130 and "Traceback" not in err, err
+        assert f"interrupted; saved {out}/last.pt at epoch {epoch}, step" in err
+        assert f"Resume with: stbp train --config {config} --out {out} --resume" in err
+    else:
+        assert process.returncode == -9
+    epochs, steps = position(out / "last.pt")
+    assert (epochs, 0) == (epoch - 1, 0) and steps >= step  # it died inside that epoch
+    resumed = train(config, out, "--resume")
+    assert resumed.wait() == 0, resumed.communicate()
+    got = ck.load_checkpoint(out / "last.pt")
+    assert got["epoch"] == EPOCHS
+    for name, tensor in expected["model"].items():
+        assert torch.equal(tensor, got["model"][name]), name
+    for a, b in zip(expected["history"], got["history"], strict=True):
+        assert {k: v for k, v in a.items() if k != "epoch_seconds"} == {
+            k: v for k, v in b.items() if k != "epoch_seconds"
+        }
+    assert (out / "metrics.csv").read_text().count("\n") == EPOCHS + 1
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_afresh_on_resume(tmp_path):
+    config = merge(load_config(str(write_config(tmp_path / "tiny.toml"))),
+                   {"run": {"epochs": 1}})  # fmt: skip
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.toml").write_text(to_toml(config))  # what a run killed at once leaves
+    (tmp_path / "one.toml").write_text(to_toml(config))
+    done = train(tmp_path / "one.toml", out, "--resume")
+    stdout, stderr = done.communicate(timeout=300)
+    assert done.returncode == 0, stderr
+    assert f"no checkpoint in {out} yet: starting the run from the beginning" in stdout
+    assert position(out / "last.pt") == (1, 0)

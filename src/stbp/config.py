@@ -1,87 +1,174 @@
-"""Experiment configs: TOML files (one per experiment of the paper) read with `tomllib`,
-and the data sets they name (`make_datasets`).
+"""Experiment configs: TOML files (one per experiment of the paper) read with `tomllib`.
 
-A config has four tables, `[run]`, `[data]`, `[model]` and `[optim]`; every key has a default
-in `DEFAULTS`, so a file only states what it changes. The shipped configs live in
-`stbp/configs/*.toml`; `load_config` takes one of their names or a path to a `.toml` file.
+A config has four tables, `[run]`, `[data]`, `[model]` and `[optim]`, each a small dataclass
+below (`RunSettings`, `DataSettings`, `ModelSettings`, `OptimSettings`) whose fields are the
+keys and their defaults, so a file only states what it changes. The shipped configs live in
+`stbp/configs/*.toml`; `load_config` takes one of their names or a path to a `.toml` file and
+returns the checked nested dict that `Settings.of` turns into the typed sections.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import sys
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-
-from torch.utils.data import Dataset
-
-from stbp.data import CIFAR10, CIFAR10DVS, NMNIST, MNIST10k
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-DEFAULTS: dict[str, dict] = {
-    "run": {
-        "name": "",  # set from the file name when empty
-        "description": "",
-        "epochs": 120,
-        "seed": 0,
-        "device": "auto",  # cpu | cuda | auto
-        "precision": "fp32",  # fp32 | bf16 | auto (bf16 where the device computes it natively)
-        "max_steps_per_epoch": 0,  # 0: the whole training set (a smaller value: smoke runs)
-        "eval_batch_size": 500,
-        "workers": 2,  # data-loader worker processes for event data
-    },
-    "data": {
-        "dataset": "mnist10k",  # mnist10k | nmnist | cifar10-dvs | cifar10
-        "dir": "",  # data folder (nmnist, cifar10-dvs, cifar10); --data-dir overrides
-        "T": 8,  # time window: frames per recording, steps per static image
-        "augment_shift": 0,  # random shift of static images by up to this many pixels
-        "augment_flip": False,  # random horizontal flip of static images
-        "augment_rotate": 0.0,  # random rotation of static images by up to this many degrees
-        "augment_scale": 0.0,  # random zoom of static images by a factor in [1 - s, 1 + s]
-        "split": "random-9:1",  # CIFAR10-DVS: random-9:1 | first-100-test
-        "size": 0,  # event frames resized to size x size (0: sensor size)
-        "frame_split": "time",  # time | number
-        "n_train": 8000,  # mnist10k: train/test split of the embedded digits
-        "split_seed": 0,
-    },
-    "model": {
-        "network": "mnist-demo",  # a name in stbp.PAPER_NETWORKS, or "" to use `spec`
-        "spec": "",  # a spec in the paper's notation (overrides `network`)
-        "in_shape": [],  # with `spec`: input shape [C, H, W]
-        "neunorm": False,
-        "dropout": 0.0,
-        "decay": 0.2,
-        "threshold": 0.5,
-        "surrogate": "rect",
-        "width": 1.0,
-        "votes": 10,
-    },
-    "optim": {
-        "optimizer": "adam",  # adam | sgd
-        "lr": 1e-3,  # Adam: every parameter; SGD: conv layers (and NeuNorm)
-        "lr_fc": 0.01,  # SGD: fully connected layers
-        "momentum": 0.9,
-        "weight_decay": 0.0,
-        "schedule": "cosine",  # cosine (to 0 over the run) | step | constant
-        "step_epochs": 35,  # step: multiply the lr by `gamma` every this many epochs
-        "gamma": 0.1,
-        "batch_size": 50,  # the global batch (divided among the processes under torchrun)
-        "loss": "mse",  # mse (the paper's) | ce
-        "calibrate_rate": 0.15,  # calibrate_ on the first batch of a fresh run; 0: off
-    },
-}
+
+@dataclass(frozen=True)
+class RunSettings:
+    name: str = ""  # set from the file name when empty
+    description: str = ""
+    epochs: int = 120
+    seed: int = 0
+    device: str = "auto"  # cpu | cuda | auto
+    precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where the device computes it natively)
+    max_steps_per_epoch: int = 0  # 0: the whole training set (a smaller value: smoke runs)
+    eval_batch_size: int = 500
+    workers: int = 2  # data-loader worker processes for event data
+    checkpoint_every: int = 0  # also save last.pt every this many steps inside an epoch (0: off)
+    checkpoint_minutes: float = 10.0  # ... and every this many minutes inside an epoch (0: off)
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    dataset: str = "mnist10k"  # mnist10k | nmnist | cifar10-dvs | cifar10
+    dir: str = ""  # data folder (nmnist, cifar10-dvs, cifar10); --data-dir overrides
+    T: int = 8  # time window: frames per recording, steps per static image
+    augment_shift: int = 0  # random shift of static images by up to this many pixels
+    augment_flip: bool = False  # random horizontal flip of static images
+    augment_rotate: float = 0.0  # random rotation of static images by up to this many degrees
+    augment_scale: float = 0.0  # random zoom of static images by a factor in [1 - s, 1 + s]
+    split: str = "random-9:1"  # CIFAR10-DVS: random-9:1 | first-100-test
+    size: int = 0  # event frames resized to size x size (0: sensor size)
+    frame_split: str = "time"  # time | number
+    n_train: int = 8000  # mnist10k: train/test split of the embedded digits
+    split_seed: int = 0  # seeds the train/test split (mnist10k, CIFAR10-DVS) and the val split
+    val_fraction: float = 0.1  # seeded, stratified validation split carved from the training part
+    cifar_std: str = "dataset"  # CIFAR-10 normalisation std: dataset | authors
+    strict: bool = False  # event data: stop at the first bad file instead of skipping it
+    cache_dir: str = ""  # event data: frame cache folder (default <data dir>/stbp-frames)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    network: str = "mnist-demo"  # a name in stbp.PAPER_NETWORKS, or "" to use `spec`
+    spec: str = ""  # a spec in the paper's notation (overrides `network`)
+    in_shape: list = field(default_factory=list)  # with `spec`: input shape [C, H, W]
+    neunorm: bool = False
+    dropout: float = 0.0
+    decay: float = 0.2
+    threshold: float = 0.5
+    surrogate: str = "rect"
+    width: float = 1.0
+    votes: int = 10
+    dropout_mask: str = "sample"  # sample: one mask for all T steps | step: a fresh mask per step
+    neunorm_reading: str = "stbp"  # stbp | spikingjelly (see stbp.NeuNorm)
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3  # Adam: every parameter; SGD: conv layers (and NeuNorm)
+    lr_fc: float = 0.01  # SGD: fully connected layers
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # cosine (to 0 over the run) | step | constant
+    step_epochs: int = 35  # step: multiply the lr by `gamma` every this many epochs
+    gamma: float = 0.1
+    batch_size: int = 50  # the global batch (divided among the processes under torchrun)
+    loss: str = "mse"  # mse (the paper's) | ce
+    calibrate_rate: float = 0.15  # calibrate_ on the first batch of a fresh run; 0: off
+
+
+SECTIONS = {"run": RunSettings, "data": DataSettings, "model": ModelSettings,
+            "optim": OptimSettings}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The four typed sections of a config."""
+
+    run: RunSettings
+    data: DataSettings
+    model: ModelSettings
+    optim: OptimSettings
+
+    @classmethod
+    def of(cls, config: dict) -> Settings:
+        return cls(**{table: kind(**config[table]) for table, kind in SECTIONS.items()})
+
+
+DEFAULTS: dict[str, dict] = {table: dataclasses.asdict(kind()) for table, kind in SECTIONS.items()}
 
 CHOICES = {
     ("run", "device"): ("cpu", "cuda", "auto"),
     ("run", "precision"): ("fp32", "bf16", "auto"),
     ("data", "dataset"): ("mnist10k", "nmnist", "cifar10-dvs", "cifar10"),
+    ("data", "split"): ("random-9:1", "first-100-test"),
+    ("data", "frame_split"): ("time", "number"),
+    ("data", "cifar_std"): ("dataset", "authors"),
+    ("model", "surrogate"): ("rect", "triangle", "sigmoid", "atan"),
+    ("model", "dropout_mask"): ("sample", "step"),
+    ("model", "neunorm_reading"): ("stbp", "spikingjelly"),
     ("optim", "optimizer"): ("adam", "sgd"),
     ("optim", "schedule"): ("cosine", "step", "constant"),
     ("optim", "loss"): ("mse", "ce"),
+}
+
+# (low, high, low inclusive, high inclusive); None: unbounded on that side.
+RANGES = {
+    ("run", "epochs"): (1, None, True, True),
+    ("run", "seed"): (0, None, True, True),
+    ("run", "max_steps_per_epoch"): (0, None, True, True),
+    ("run", "eval_batch_size"): (1, None, True, True),
+    ("run", "workers"): (0, None, True, True),
+    ("run", "checkpoint_every"): (0, None, True, True),
+    ("run", "checkpoint_minutes"): (0, None, True, True),
+    ("data", "T"): (1, None, True, True),
+    ("data", "augment_shift"): (0, None, True, True),
+    ("data", "augment_rotate"): (0, 180, True, True),
+    ("data", "augment_scale"): (0, 1, True, False),
+    ("data", "size"): (0, None, True, True),
+    ("data", "n_train"): (1, 9999, True, True),
+    ("data", "split_seed"): (0, None, True, True),
+    ("data", "val_fraction"): (0, 1, True, False),
+    ("model", "dropout"): (0, 1, True, False),
+    ("model", "decay"): (0, 1, True, True),
+    ("model", "threshold"): (0, None, False, True),
+    ("model", "width"): (0, None, False, True),
+    ("model", "votes"): (1, None, True, True),
+    ("optim", "lr"): (0, None, False, True),
+    ("optim", "lr_fc"): (0, None, False, True),
+    ("optim", "momentum"): (0, 1, True, False),
+    ("optim", "weight_decay"): (0, None, True, True),
+    ("optim", "step_epochs"): (1, None, True, True),
+    ("optim", "gamma"): (0, 1, False, True),
+    ("optim", "batch_size"): (1, None, True, True),
+    ("optim", "calibrate_rate"): (0, 1, True, False),
+}
+
+FLAGS = {  # the command-line flag that sets a key, named in error messages
+    ("run", "epochs"): "--epochs",
+    ("run", "seed"): "--seed",
+    ("run", "device"): "--device",
+    ("run", "precision"): "--precision",
+    ("run", "max_steps_per_epoch"): "--max-steps-per-epoch",
+    ("run", "checkpoint_every"): "--checkpoint-every",
+    ("data", "T"): "--T",
+    ("data", "dir"): "--data-dir",
+    ("data", "val_fraction"): "--val-fraction",
+    ("data", "cache_dir"): "--cache-dir",
+    ("model", "neunorm"): "--neunorm",
+    ("optim", "batch_size"): "--batch-size",
 }
 
 
@@ -97,7 +184,7 @@ def config_names() -> list[str]:
 
 def _read_text(name_or_path: str) -> tuple[str, str]:
     """(text, source description) of a shipped config name or a file path."""
-    path = Path(name_or_path)
+    path = Path(name_or_path).expanduser()
     if name_or_path.endswith(".toml") or path.is_file():
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
@@ -139,26 +226,64 @@ def merge(base: dict, update: dict, source: str = "config") -> dict:
     return config
 
 
+def _setting(table: str, key: str, value) -> str:
+    flag = FLAGS.get((table, key))
+    return f"[{table}] {key}{f' ({flag})' if flag else ''} = {value!r}"
+
+
 def validate(config: dict, source: str = "config") -> None:
-    """Check types against `DEFAULTS` and choices against `CHOICES`."""
+    """Check every value: its type, its choices or its range, and the network spec."""
     for table, values in DEFAULTS.items():
         for key, default in values.items():
-            value = config[table][key]
-            expected = (int, float) if isinstance(default, float) else type(default)
-            if isinstance(value, bool) and not isinstance(default, bool):
-                expected = ()
-            if not isinstance(value, expected):
-                raise ConfigError(
-                    f"{source}: [{table}] {key} = {value!r} should be {type(default).__name__}"
-                )
+            _check_type(source, table, key, config[table][key], default)
     for (table, key), options in CHOICES.items():
         if config[table][key] not in options:
             raise ConfigError(
-                f"{source}: [{table}] {key} = {config[table][key]!r}; choose one of: "
+                f"{source}: {_setting(table, key, config[table][key])}; choose one of: "
                 + ", ".join(options)
             )
-    if config["optim"]["batch_size"] < 1 or config["data"]["T"] < 1:
-        raise ConfigError(f"{source}: batch_size and T must be at least 1")
+    for (table, key), bounds in RANGES.items():
+        _check_range(source, table, key, config[table][key], *bounds)
+    _check_model(config["model"], source)
+
+
+def _check_type(source: str, table: str, key: str, value, default) -> None:
+    expected = (int, float) if isinstance(default, float) else type(default)
+    if isinstance(value, bool) and not isinstance(default, bool):
+        expected = ()
+    if not isinstance(value, expected):
+        raise ConfigError(
+            f"{source}: {_setting(table, key, value)} should be {type(default).__name__}"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: {_setting(table, key, value)} should be a finite number")
+
+
+def _check_range(source, table, key, value, low, high, low_in, high_in) -> None:
+    too_low = low is not None and (value < low if low_in else value <= low)
+    too_high = high is not None and (value > high if high_in else value >= high)
+    if too_low or too_high:
+        lo = "" if low is None else f"{low} {'<=' if low_in else '<'} "
+        hi = "" if high is None else f" {'<=' if high_in else '<'} {high}"
+        raise ConfigError(f"{source}: {_setting(table, key, value)}; allowed: {lo}{key}{hi}")
+
+
+def _check_model(model: dict, source: str) -> None:
+    from stbp.models import PAPER_NETWORKS, parse
+
+    if model["spec"]:
+        try:
+            parse(model["spec"])
+        except ValueError as err:
+            raise ConfigError(f"{source}: [model] spec = {model['spec']!r}: {err}") from None
+    elif model["network"] not in PAPER_NETWORKS:
+        raise ConfigError(
+            f"{source}: [model] network = {model['network']!r}; choose one of: "
+            + ", ".join(PAPER_NETWORKS) + " (or set [model] spec)"
+        )
+    shape = model["in_shape"]
+    if shape and (len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape)):
+        raise ConfigError(f"{source}: [model] in_shape = {shape!r}; expected [C, H, W] >= 1")
 
 
 def to_toml(config: dict) -> str:
@@ -188,40 +313,11 @@ def describe(name: str) -> str:
     return load_config(name)["run"]["description"]
 
 
-LAYOUTS = {
-    "nmnist": "Train/0..9/*.bin and Test/0..9/*.bin (or run `stbp emulate-nmnist --out DIR`)",
-    "cifar10-dvs": "airplane/ ... truck/, each with *.aedat files",
-    "cifar10": "cifar-10-batches-py/ (the official python version, unpacked)",
-}
-
-
-def make_dataset(config: dict, train: bool, data_dir: str | Path | None = None) -> Dataset:
-    """The training or test set of `config` (`data_dir` overrides `[data] dir`)."""
-    data = config["data"]
-    kind = data["dataset"]
-    if kind == "mnist10k":
-        return MNIST10k(train, seed=data["split_seed"], n_train=data["n_train"])
-    root = data_dir or data["dir"]
-    if not root:
-        raise ConfigError(
-            f"config {config['run']['name']!r} reads {kind} from a folder: pass --data-dir DIR "
-            f"(expected inside DIR: {LAYOUTS[kind]})"
-        )
-    size = data["size"] or None
-    if kind == "nmnist":
-        return NMNIST(root, train, data["T"], data["frame_split"], size)
-    if kind == "cifar10-dvs":
-        return CIFAR10DVS(root, train, data["T"], data["split"], data["split_seed"],
-                          data["frame_split"], size or 42)  # fmt: skip
-    return CIFAR10(root, train, augment=False)  # augmented a batch at a time below
-
-
-def make_datasets(config: dict, data_dir: str | Path | None = None) -> tuple[Dataset, Dataset]:
-    """(train set, test set) of `config`."""
-    return make_dataset(config, True, data_dir), make_dataset(config, False, data_dir)
-
-
-def in_shape(dataset: Dataset) -> tuple[int, ...]:
-    """The shape of one input frame or image, (C, H, W)."""
-    x = dataset[0][0]
-    return tuple(x.shape[-3:])
+def absolute_paths(config: dict) -> dict:
+    """`config` with `~` expanded and its data folders made absolute (so that the run folder's
+    `config.toml` works from any folder)."""
+    config = copy.deepcopy(config)
+    for key in ("dir", "cache_dir"):
+        if config["data"][key]:
+            config["data"][key] = str(Path(config["data"][key]).expanduser().resolve())
+    return config

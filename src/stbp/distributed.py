@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
-from stbp.config import ConfigError
+from stbp.config import ConfigError, DataSettings
 from stbp.data import CIFAR10, MNIST10k
 from stbp.data.mnist10k import random_affine, random_shift
 
@@ -111,22 +111,27 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, world: int) ->
     return batches
 
 
-def eval_batches(n: int, batch_size: int, ctx: Context) -> list:
-    """This process's contiguous part of the test set, in batches."""
-    part = torch.tensor_split(torch.arange(n), ctx.world)[ctx.rank]
+def eval_batches(indices: int | torch.Tensor, batch_size: int, ctx: Context) -> list:
+    """This process's contiguous part of an evaluation set (`indices`, or `range(indices)`),
+    in batches."""
+    if isinstance(indices, int):
+        indices = torch.arange(indices)
+    part = torch.tensor_split(indices, ctx.world)[ctx.rank]
     return list(part.split(batch_size))
 
 
 class Batches:
     """Yields `(x, labels)` on the device for a list of index batches of one data set."""
 
-    def __init__(self, dataset: Dataset, config: dict, ctx: Context, train: bool):
+    def __init__(self, dataset: Dataset, data: DataSettings | None, workers: int, ctx: Context,
+                 train: bool):  # fmt: skip
+        """`data` gives the augmentation of training batches (unused when not `train`)."""
         self.dataset, self.ctx, self.train = dataset, ctx, train
-        self.shift = config["data"]["augment_shift"] if train else 0
-        self.flip = config["data"]["augment_flip"] and train
-        self.rotate = config["data"]["augment_rotate"] if train else 0.0
-        self.scale = config["data"]["augment_scale"] if train else 0.0
-        self.workers = config["run"]["workers"]
+        self.shift = data.augment_shift if train else 0
+        self.flip = train and data.augment_flip
+        self.rotate = data.augment_rotate if train else 0.0
+        self.scale = data.augment_scale if train else 0.0
+        self.workers = workers
         self.in_memory = isinstance(dataset, (MNIST10k, CIFAR10))
 
     def __call__(self, batches: list, generator: torch.Generator | None = None) -> Iterator:
@@ -156,8 +161,14 @@ class Batches:
         loader = DataLoader(
             self.dataset, batch_sampler=[b.tolist() for b in batches],
             num_workers=self.workers, pin_memory=self.ctx.device.type == "cuda",
+            generator=torch.Generator(),  # so that starting the workers leaves torch's RNG alone
         )  # fmt: skip
         for x, y in loader:
             if self.shift:  # one shift per recording, the same for all its frames
                 x = random_shift(x.flatten(1, 2), self.shift, generator).view(x.shape)
             yield x.transpose(0, 1), y  # [B, T, C, H, W] -> [T, B, C, H, W]
+
+
+def rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    return int(os.environ.get("RANK", "0"))

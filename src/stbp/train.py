@@ -1,109 +1,91 @@
-"""Algorithm 2 of the paper: training an SNN with STBP, as the `stbp train` command.
+"""Algorithm 2 of the paper: training an SNN with STBP.
 
 Each step (`train_step`) runs the network over the T steps of the time window (forward:
 Algorithm 1 in every LIF layer, the voting layer's rates as class scores), takes the loss
 between the voted rates and the one-hot labels, back-propagates through space and time
-(`loss.backward()`) and updates the weights. Around it: a run folder with the resolved config,
-per-epoch metrics and curves, atomic checkpoints with exact resume, bf16 autocast, and data
-parallelism under `torchrun`. `stbp eval` and `stbp configs` are registered here too.
+(`loss.backward()`) and updates the weights. `train_one_epoch` runs the steps of one epoch
+from any step on (so that a run resumes inside an epoch), and `evaluate` measures a model on
+a validation or test set. The run folder, checkpoints and commands live in `stbp.runs`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
+from typing import Protocol
 
-import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 import stbp
-from stbp import checkpoint as ck
 from stbp import distributed as dd
-from stbp.config import (
-    ConfigError,
-    config_names,
-    describe,
-    in_shape,
-    load_config,
-    make_dataset,
-    to_toml,
-)
-from stbp.config import make_datasets as make_datasets  # the data sets of a config
-from stbp.data import FormatError
+from stbp.config import ConfigError, ModelSettings, OptimSettings, Settings
+from stbp.datasets import Splits
 from stbp.models import SNN
 from stbp.neuron import LIFParameters
 
 __all__ = [
     "Diverged",
+    "Progress",
+    "Trainer",
     "evaluate",
-    "make_datasets",
-    "make_dataset",
     "make_model",
-    "register",
-    "run_training",
+    "make_optimizer",
+    "make_schedule",
+    "resolve_precision",
+    "train_one_epoch",
+    "train_step",
 ]
 
-CHECK_EVERY = 10  # steps between NaN checks and progress-bar updates
+CHECK_EVERY = 10  # steps between NaN checks (the loop's only host-device sync)
 
 
 class Diverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss or a parameter became NaN or infinite."""
 
 
 # ---------------------------------------------------------------- model, optimizer, schedule
 
 
-def make_model(config: dict, in_shape: tuple[int, ...]) -> SNN:
-    """The network of `[model]`, for inputs of `in_shape`, with the window `[data] T`."""
-    m = config["model"]
-    lif = LIFParameters(float(m["decay"]), float(m["threshold"]), m["surrogate"], float(m["width"]))
-    kwargs = dict(
-        T=config["data"]["T"],
-        neunorm=m["neunorm"],
-        dropout=float(m["dropout"]),
-        lif=lif,
-        votes=m["votes"],
-    )
-    if m["spec"]:
-        return stbp.build(m["spec"], tuple(m["in_shape"] or in_shape), **kwargs)
-    if m["network"] not in stbp.PAPER_NETWORKS:
+def make_model(model: ModelSettings, T: int, in_shape: tuple[int, ...]) -> SNN:
+    """The network of `[model]` with the window `T`, for data of shape `in_shape`."""
+    lif = LIFParameters(float(model.decay), float(model.threshold), model.surrogate,
+                        float(model.width))  # fmt: skip
+    kwargs = dict(T=T, neunorm=model.neunorm, dropout=float(model.dropout), lif=lif,
+                  votes=model.votes, dropout_mask=model.dropout_mask,
+                  neunorm_reading=model.neunorm_reading)  # fmt: skip
+    if model.spec:
+        shape = tuple(model.in_shape or in_shape)
+        net, where = stbp.build(model.spec, shape, **kwargs), "[model] in_shape"
+    else:
+        net, where = stbp.paper_network(model.network, **kwargs), f"network {model.network!r}"
+    if tuple(net.in_shape) != tuple(in_shape):
         raise ConfigError(
-            f"unknown network {m['network']!r}; choose one of: " + ", ".join(stbp.PAPER_NETWORKS)
+            f"{where} takes inputs {list(net.in_shape)}, but the data set gives "
+            f"{list(in_shape)}; check [data] size and [model] in_shape"
         )
-    model = stbp.paper_network(m["network"], **kwargs)
-    if tuple(model.in_shape) != tuple(in_shape):
-        raise ConfigError(
-            f"network {m['network']!r} takes inputs {model.in_shape}, but the "
-            f"data set gives {tuple(in_shape)}; check [data] size"
-        )
-    return model
+    return net
 
 
-def make_optimizer(model: nn.Module, optim: dict) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, optim: OptimSettings) -> torch.optim.Optimizer:
     """Adam on every parameter, or SGD with momentum: `lr` on conv (and NeuNorm) parameters,
-    `lr_fc` on fully connected ones (as in the authors' released code). Both run their update
-    as one fused kernel where PyTorch has one for the device (CPU and CUDA do)."""
-    if optim["optimizer"] == "adam":
-        return _fused(torch.optim.Adam, model.parameters(), lr=optim["lr"],
-                      weight_decay=optim["weight_decay"])
+    `lr_fc` on fully connected ones (as in the authors' released CIFAR-10 code). Both run their
+    update as one fused kernel where PyTorch has one for the device (CPU and CUDA do)."""
+    if optim.optimizer == "adam":
+        return _fused(torch.optim.Adam, model.parameters(), lr=optim.lr,
+                      weight_decay=optim.weight_decay)  # fmt: skip
     fc = {id(p) for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters()}
     groups = [
-        {"params": [p for p in model.parameters() if id(p) not in fc], "lr": optim["lr"]},
-        {"params": [p for p in model.parameters() if id(p) in fc], "lr": optim["lr_fc"]},
+        {"params": [p for p in model.parameters() if id(p) not in fc], "lr": optim.lr},
+        {"params": [p for p in model.parameters() if id(p) in fc], "lr": optim.lr_fc},
     ]
     return _fused(torch.optim.SGD, [g for g in groups if g["params"]],
-                  momentum=optim["momentum"], weight_decay=optim["weight_decay"])
+                  momentum=optim.momentum, weight_decay=optim.weight_decay)  # fmt: skip
 
 
 def _fused(optimizer: type, params, **kwargs) -> torch.optim.Optimizer:
@@ -114,14 +96,14 @@ def _fused(optimizer: type, params, **kwargs) -> torch.optim.Optimizer:
         return optimizer(params, **kwargs)
 
 
-def make_schedule(optimizer, optim: dict, steps_per_epoch: int, epochs: int):
+def make_schedule(optimizer, optim: OptimSettings, steps_per_epoch: int, epochs: int):
     """A per-step learning-rate schedule: cosine to 0 over the run, step, or constant."""
     total = max(1, steps_per_epoch * epochs)
-    if optim["schedule"] == "cosine":
+    if optim.schedule == "cosine":
         factor = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
-    elif optim["schedule"] == "step":
-        every = optim["step_epochs"] * steps_per_epoch
-        factor = lambda step: optim["gamma"] ** (step // every)  # noqa: E731
+    elif optim.schedule == "step":
+        every = optim.step_epochs * steps_per_epoch
+        factor = lambda step: optim.gamma ** (step // every)  # noqa: E731
     else:
         factor = lambda step: 1.0  # noqa: E731
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -154,274 +136,188 @@ def autocast(device: torch.device, precision: str):
 
 
 @dataclass
-class Run:
-    """Everything one training run carries from epoch to epoch."""
+class Progress:
+    """Where a run stands: what a checkpoint stores besides the weights and optimizer."""
 
-    config: dict
-    ctx: dd.Context
-    out: Path
-    model: SNN
-    net: nn.Module  # the model, wrapped in DistributedDataParallel under torchrun
-    optimizer: torch.optim.Optimizer
-    schedule: torch.optim.lr_scheduler.LRScheduler
-    train_batches: dd.Batches
-    test_set: torch.utils.data.Dataset
-    steps_per_epoch: int
     epoch: int = 0  # epochs completed
+    step: int = 0  # steps completed inside epoch `epoch` (a mid-epoch checkpoint), else 0
+    totals: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss sum, correct, n
+    epoch_seconds: float = 0.0  # time spent so far inside the unfinished epoch
+    generator: torch.Tensor | None = None  # the epoch's augmentation RNG state, mid-epoch
     history: list = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"acc": -1.0, "epoch": 0})
     seconds: float = 0.0  # training time of the completed epochs
 
+    def end_epoch(self, row: dict) -> bool:
+        """Record a finished epoch's row; whether it is the best so far (`select`)."""
+        self.seconds += row["epoch_seconds"]
+        self.epoch, self.step, self.totals = row["epoch"], 0, [0.0, 0.0, 0.0]
+        self.epoch_seconds, self.generator = 0.0, None
+        self.history = [*self.history, row]
+        improved = select(row) > self.best["acc"]
+        if improved:
+            self.best = {"acc": select(row), "epoch": row["epoch"]}
+        return improved
+
+
+@dataclass
+class Trainer:
+    """Everything Algorithm 2 needs from epoch to epoch."""
+
+    settings: Settings
+    ctx: dd.Context
+    model: SNN
+    net: nn.Module  # the model, wrapped in DistributedDataParallel under torchrun
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    splits: Splits
+    progress: Progress = field(default_factory=Progress)
+
+    def __post_init__(self):
+        s = self.settings
+        self.loader = dd.Batches(self.splits.train_set, s.data, s.run.workers, self.ctx, True)
+        self.steps_per_epoch = len(self.epoch_batches(0))
+
     def epoch_batches(self, epoch: int) -> list:
-        r = self.config["run"]
-        batches = dd.epoch_batches(
-            len(self.train_batches.dataset),
-            self.config["optim"]["batch_size"],
-            r["seed"],
-            epoch,
-            self.ctx.world,
-        )
-        return batches[: self.steps_per_epoch]
+        """The global index batches of training epoch `epoch` (0-based)."""
+        s = self.settings
+        positions = dd.epoch_batches(len(self.splits.train), s.optim.batch_size, s.run.seed,
+                                     epoch, self.ctx.world)  # fmt: skip
+        if s.run.max_steps_per_epoch:
+            positions = positions[: s.run.max_steps_per_epoch]
+        return [self.splits.train[p] for p in positions]
 
-
-def default_out(config: dict, resume: bool) -> Path:
-    """`runs/<config>-<timestamp>`, or with `resume` the newest such folder."""
-    name = config["run"]["name"]
-    if resume:
-        found = sorted(Path("runs").glob(f"{name}-*/last.pt"))
-        if not found:
-            raise ConfigError(f"--resume: no runs/{name}-*/last.pt to resume; pass --out DIR")
-        return found[-1].parent
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{name}-{stamp}"
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def make_run(config: dict, ctx: dd.Context, out: str | Path | None, resume: bool) -> Run:
-    """Data, model, optimizer and schedule of a fresh or resumed run."""
-    out = Path(out) if out else dd.broadcast_object(ctx, default_out(config, resume))
-    last = out / "last.pt"
-    state = None
-    if resume:
-        state = ck.load_checkpoint(last)
-    seed_everything(config["run"]["seed"])
-    train_set, test_set = make_datasets(config)
-    model = make_model(config, in_shape(train_set)).to(ctx.device)
-    optim = config["optim"]
-    optimizer = make_optimizer(model, optim)
-    batches = dd.Batches(train_set, config, ctx, train=True)
-    run = Run(config, ctx, out, model, model, optimizer, None, batches, test_set, 0)
-    run.steps_per_epoch = config["run"]["max_steps_per_epoch"] or len(train_set)
-    run.steps_per_epoch = len(run.epoch_batches(0))  # at most the number of batches
-    run.schedule = make_schedule(optimizer, optim, run.steps_per_epoch, config["run"]["epochs"])
-    if state is not None:
-        _restore(run, state, last)
-    elif optim["calibrate_rate"] > 0:
-        _calibrate(run)
-    if ctx.distributed:
-        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        run.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    return run
-
-
-def _calibrate(run: Run) -> None:
-    """`calibrate_` on the first global batch (the same on every process)."""
-    whole = dd.Context(0, 1, run.ctx.device)
-    loader = dd.Batches(run.train_batches.dataset, run.config, whole, train=False)
-    x, _ = next(loader(run.epoch_batches(0)[:1]))
-    stbp.calibrate_(run.model, x, rate=run.config["optim"]["calibrate_rate"])
-
-
-def _restore(run: Run, state: dict, path: Path) -> None:
-    ck.check_same_network(state, run.model.build_args, path)
-    ck.load_weights(run.model, state["model"], path)
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.schedule.load_state_dict(state["schedule"])
-    run.epoch, run.history, run.best = state["epoch"], state["history"], state["best"]
-    run.seconds = state["seconds"]
-    ck.set_rng_states(state["rng"])
+    def loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return LOSSES[self.settings.optim.loss](scores.float(), labels)
 
 
 # ------------------------------------------------------------------------- Algorithm 2
 
 
-def train_step(run: Run, x: torch.Tensor, labels: torch.Tensor):
+def train_step(trainer: Trainer, x: torch.Tensor, labels: torch.Tensor):
     """One step of Algorithm 2: forward over the time window, rate loss, STBP backward,
     update. Returns the (detached) loss and the number of correct predictions."""
-    with autocast(run.ctx.device, run.config["run"]["precision"]):
-        scores = run.net(x)
-    loss = LOSSES[run.config["optim"]["loss"]](scores.float(), labels)
-    run.optimizer.zero_grad(set_to_none=True)
+    with autocast(trainer.ctx.device, trainer.settings.run.precision):
+        scores = trainer.net(x)
+    loss = trainer.loss(scores, labels)
+    trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    run.optimizer.step()
-    run.schedule.step()
+    trainer.optimizer.step()
+    trainer.schedule.step()
     return loss.detach(), (scores.argmax(1) == labels).sum()
 
 
-def train_one_epoch(run: Run, epoch: int) -> dict:
-    """One pass over the training set; returns train loss and accuracy (over all processes)."""
-    run.net.train()
-    cfg = run.config
-    batches = run.epoch_batches(epoch)
-    generator = torch.Generator().manual_seed(cfg["run"]["seed"] * 7919 + epoch + run.ctx.rank)
-    totals = torch.zeros(3, dtype=torch.float64, device=run.ctx.device)  # loss sum, correct, n
+class StepHook(Protocol):
+    """What the run folder passes to the loop to save mid-epoch checkpoints and report."""
+
+    def due(self, steps_done: int) -> bool:
+        """Whether to check and call the hook after this step (besides every CHECK_EVERY)."""
+
+    def __call__(self, epoch: int, steps_done: int, totals: torch.Tensor,
+                 generator: torch.Generator) -> None:  # fmt: skip
+        """Called after a checked step with the epoch's running totals and RNG."""
+
+
+def train_one_epoch(trainer: Trainer, epoch: int, on_checked_step: StepHook | None = None) -> dict:
+    """One pass over the training set, from step `progress.step` on (0, or where a mid-epoch
+    checkpoint stopped); returns train loss and accuracy over all processes."""
+    trainer.net.train()
+    p, seed = trainer.progress, trainer.settings.run.seed
+    batches = trainer.epoch_batches(epoch)
+    generator = torch.Generator().manual_seed(seed * 7919 + epoch + trainer.ctx.rank)
+    if p.step and p.generator is not None:
+        generator.set_state(p.generator)
+    totals = torch.tensor(p.totals, dtype=torch.float64, device=trainer.ctx.device)
     pending: list[torch.Tensor] = []
-    start = time.perf_counter()
-    bar = tqdm(
-        total=len(batches),
-        desc=f"epoch {epoch + 1}/{cfg['run']['epochs']}",
-        disable=None if run.ctx.is_main else True,
-        leave=False,
-        dynamic_ncols=True,
-    )
-    for step, (x, y) in enumerate(run.train_batches(batches, generator)):
-        loss, correct = train_step(run, x, y)
-        totals += torch.stack(
-            [
-                loss.double() * len(y),
-                correct.double(),
-                torch.tensor(float(len(y)), dtype=torch.float64, device=loss.device),
-            ]
-        )
+    for step, (x, y) in enumerate(trainer.loader(batches[p.step :], generator), p.step):
+        loss, correct = train_step(trainer, x, y)
+        totals[0] += loss.double() * len(y)
+        totals[1] += correct
+        totals[2] += len(y)
         pending.append(loss)
-        if len(pending) == CHECK_EVERY or step == len(batches) - 1:
-            _check_finite(run, epoch, step, pending)
+        due = on_checked_step is not None and on_checked_step.due(step + 1)
+        if len(pending) == CHECK_EVERY or step == len(batches) - 1 or due:
+            check_finite(trainer, epoch, step, pending)
             pending = []
-            _update_bar(bar, step, totals, start, run.ctx.world)
-    bar.close()
-    totals = dd.all_sum(run.ctx, totals)
-    return {"train_loss": float(totals[0] / totals[2]), "train_acc": float(totals[1] / totals[2])}
+            if on_checked_step is not None:
+                on_checked_step(epoch, step + 1, totals, generator)
+    totals = dd.all_sum(trainer.ctx, totals).tolist()
+    return {"train_loss": totals[0] / totals[2], "train_acc": totals[1] / totals[2]}
 
 
-def _check_finite(run: Run, epoch: int, step: int, losses: list[torch.Tensor]) -> None:
-    stacked = torch.stack(losses)
-    if bool(torch.isfinite(stacked).all()):
+def check_finite(trainer: Trainer, epoch: int, step: int, losses: list[torch.Tensor]) -> None:
+    """`Diverged` if one of the last losses or a parameter is NaN or infinite (one sync)."""
+    params = [q for q in trainer.model.parameters()]
+    sums = torch.stack([q.detach().float().sum() for q in params])
+    values = torch.cat([torch.stack(losses).float(), sums])
+    if bool(torch.isfinite(values).all()):
         return
-    bad = step - len(losses) + 1 + int((~torch.isfinite(stacked)).nonzero()[0])
-    kept = f"{run.out / 'last.pt'} (epoch {run.epoch})" if run.epoch else "no checkpoint yet"
-    raise Diverged(
-        f"the loss became {float(stacked[bad - step + len(losses) - 1])} at epoch "
-        f"{epoch + 1}, step {bad + 1}; stopped. Last good checkpoint: {kept}"
-    )
-
-
-def _update_bar(bar, step: int, totals: torch.Tensor, start: float, world: int) -> None:
-    if bar.disable:
-        return
-    loss, correct, n = totals.tolist()
-    rate = n * world / max(time.perf_counter() - start, 1e-9)
-    bar.set_postfix(loss=f"{loss / n:.4f}", acc=f"{100 * correct / n:.2f}%", sps=f"{rate:.0f}")
-    bar.update(step + 1 - bar.n)
+    p, first = trainer.progress, step - len(losses) + 1
+    kept = f"last.pt (epoch {p.epoch}" + (f", step {p.step})" if p.step else ")")
+    kept = kept if p.epoch or p.step else "no checkpoint yet"
+    bad = (~torch.isfinite(values)).nonzero()[0].item()
+    if bad < len(losses):
+        what = f"the loss became {values[bad].item()} at epoch {epoch + 1}, step {first + bad + 1}"
+    else:
+        names = [n for n, _ in trainer.model.named_parameters()]
+        broken = [names[i] for i in (~torch.isfinite(sums)).nonzero()[:, 0].tolist()]
+        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        what = (f"parameter {broken[0]}{more} became {sums[bad - len(losses)].item()} at epoch "
+                f"{epoch + 1}, steps {first + 1}-{step + 1}")  # fmt: skip
+    raise Diverged(f"{what}; stopped. Last good checkpoint: {kept}")
 
 
 @torch.no_grad()
-def evaluate(
-    model: SNN, dataset, config: dict, ctx: dd.Context | None = None, precision: str | None = None
-) -> dict:
-    """Test loss, accuracy and mean firing rate per LIF layer (model.eval(), no_grad)."""
+def evaluate(model: SNN, dataset, loss: str, indices: torch.Tensor | None = None,
+             batch_size: int = 500, ctx: dd.Context | None = None,
+             precision: str = "fp32") -> dict:  # fmt: skip
+    """Loss, accuracy and mean firing rate per LIF layer on `dataset` (or the samples
+    `indices` of it), in eval mode, without gradients; sums on the device, one sync."""
     ctx = ctx or dd.Context(device=next(model.parameters()).device)
-    precision = precision or config["run"]["precision"]
     model.eval()
-    batches = dd.eval_batches(len(dataset), config["run"]["eval_batch_size"], ctx)
-    loader = dd.Batches(dataset, config, dd.Context(0, 1, ctx.device), train=False)
-    names = [n for n, m in model.named_modules() if isinstance(m, stbp.LIF)]
-    totals = torch.zeros(3 + len(names), dtype=torch.float64, device=ctx.device)
+    indices = torch.arange(len(dataset)) if indices is None else indices
+    batches = dd.eval_batches(indices, batch_size, ctx)
+    loader = dd.Batches(dataset, None, 0, dd.Context(0, 1, ctx.device), train=False)
+    lifs = {n.removeprefix("layers."): m for n, m in model.named_modules()
+            if isinstance(m, stbp.LIF)}  # fmt: skip
+    totals = torch.zeros(3 + len(lifs), dtype=torch.float64, device=ctx.device)
     for x, y in loader(batches):
         with autocast(ctx.device, precision):
             scores = model(x).float()
-        loss = LOSSES[config["optim"]["loss"]](scores, y)
-        rates = list(stbp.firing_rates(model).values())
-        totals += torch.tensor(
-            [
-                float(loss) * len(y),
-                float((scores.argmax(1) == y).sum()),
-                len(y),
-                *(r * len(y) for r in rates),
-            ],
-            dtype=torch.float64,
-            device=ctx.device,
-        )
+        rates = [m.last_rate.to(totals.device, torch.float64) for m in lifs.values()]
+        totals += torch.stack([
+            LOSSES[loss](scores, y).double() * len(y), (scores.argmax(1) == y).sum().double(),
+            torch.full((), float(len(y)), dtype=torch.float64, device=ctx.device),
+            *(r * len(y) for r in rates),
+        ])  # fmt: skip
     totals = dd.all_sum(ctx, totals).tolist()
     n = max(totals[2], 1)
-    metrics = {"test_loss": totals[0] / n, "test_acc": totals[1] / n}
-    for name, total in zip(names, totals[3:], strict=True):
-        metrics[f"rate_{name.removeprefix('layers.')}"] = total / n
+    metrics = {"loss": totals[0] / n, "acc": totals[1] / n}
+    metrics.update({f"rate_{name}": t / n for name, t in zip(lifs, totals[3:], strict=True)})
     return metrics
 
 
-def train_epochs(run: Run) -> dict:
-    """Algorithm 2 over the epochs of the config, from `run.epoch` on; returns the summary."""
-    if run.ctx.is_main:
-        run.out.mkdir(parents=True, exist_ok=True)
-        (run.out / "config.toml").write_text(to_toml(run.config))
-    for epoch in range(run.epoch, run.config["run"]["epochs"]):
-        start = time.perf_counter()
-        row = {"epoch": epoch + 1, **train_one_epoch(run, epoch)}
-        row.update(evaluate(run.model, run.test_set, run.config, run.ctx))
-        row["epoch_seconds"] = time.perf_counter() - start
-        row["lr"] = run.optimizer.param_groups[0]["lr"]
-        run.seconds += row["epoch_seconds"]
-        run.epoch, run.history = epoch + 1, [*run.history, row]
-        improved = row["test_acc"] > run.best["acc"]
-        if improved:
-            run.best = {"acc": row["test_acc"], "epoch": epoch + 1}
-        if run.ctx.is_main:
-            _save(run, improved)
-            _print_epoch(run, row)
-    return summary(run)
+def run_epoch(trainer: Trainer, epoch: int, on_checked_step: StepHook | None = None) -> dict:
+    """Train epoch `epoch` (from where the progress stands), then measure it on the
+    validation and test sets; returns the epoch's row of the history."""
+    start = time.perf_counter() - trainer.progress.epoch_seconds
+    row = {"epoch": epoch + 1, **train_one_epoch(trainer, epoch, on_checked_step)}
+    s, splits = trainer.settings, trainer.splits
+    common = dict(loss=s.optim.loss, batch_size=s.run.eval_batch_size, ctx=trainer.ctx,
+                  precision=s.run.precision)  # fmt: skip
+    if len(splits.val):
+        val = evaluate(trainer.model, splits.train_set, indices=splits.val, **common)
+        row.update(val_loss=val["loss"], val_acc=val["acc"])
+    test = evaluate(trainer.model, splits.test_set, **common)
+    row.update(test_loss=test.pop("loss"), test_acc=test.pop("acc"), **test)
+    row["epoch_seconds"] = time.perf_counter() - start
+    row["lr"] = trainer.optimizer.param_groups[0]["lr"]
+    return row
 
 
-def _save(run: Run, improved: bool) -> None:
-    state = {
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "schedule": run.schedule.state_dict(),
-        "epoch": run.epoch,
-        "rng": ck.rng_states(),
-        "build_args": run.model.build_args,
-        "config": run.config,
-        "history": run.history,
-        "best": run.best,
-        "seconds": run.seconds,
-    }
-    ck.save_atomic(state, run.out / "last.pt")
-    if improved:
-        ck.save_atomic(state, run.out / "best.pt")
-    ck.write_run_files(run.out, run.history, summary(run))
-
-
-def _print_epoch(run: Run, row: dict) -> None:
-    print(
-        f"epoch {row['epoch']}/{run.config['run']['epochs']}: train loss {row['train_loss']:.4f}"
-        f" acc {100 * row['train_acc']:.2f}% | test loss {row['test_loss']:.4f} acc "
-        f"{100 * row['test_acc']:.2f}% | {row['epoch_seconds']:.1f} s",
-        flush=True,
-    )
-
-
-def summary(run: Run) -> dict:
-    """What `summary.json` records about a run."""
-    return {
-        "config": run.config["run"]["name"],
-        "best_test_acc": run.best["acc"],
-        "best_epoch": run.best["epoch"],
-        "epochs": run.epoch,
-        "final_test_acc": run.history[-1]["test_acc"] if run.history else None,
-        "total_seconds": run.seconds,
-        "parameters": sum(p.numel() for p in run.model.parameters()),
-        "device": str(run.ctx.device),
-        "processes": run.ctx.world,
-        "precision": run.config["run"]["precision"],
-        "torch_version": torch.__version__,
-        "seed": run.config["run"]["seed"],
-        "out": str(run.out),
-        "rank": run.ctx.rank,
-    }
+def select(row: dict) -> float:
+    """The accuracy that selects the best epoch: validation's, or test's without one."""
+    return row.get("val_acc", row["test_acc"])
 
 
 def reuse_freed_memory() -> bool:
@@ -441,124 +337,3 @@ def reuse_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_max = -1, -4
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-
-
-def run_training(config: dict, out: str | Path | None = None, resume: bool = False) -> dict:
-    """Train as `config` says (Algorithm 2) in `out`; return the run's summary."""
-    ctx = dd.setup(config["run"]["device"])
-    config["run"]["precision"] = resolve_precision(config["run"]["precision"], ctx.device)
-    if ctx.device.type == "cpu":
-        reuse_freed_memory()
-    try:
-        return train_epochs(make_run(config, ctx, out, resume))
-    finally:
-        dd.teardown(ctx)
-
-
-# --------------------------------------------------------------------------- the commands
-
-
-def resolve_config(args: argparse.Namespace) -> dict:
-    """The config file with the command-line flags applied over it."""
-    config = load_config(args.config)
-    overrides = {
-        ("run", "epochs"): args.epochs,
-        ("run", "seed"): args.seed,
-        ("run", "device"): args.device,
-        ("run", "precision"): args.precision,
-        ("run", "max_steps_per_epoch"): args.max_steps_per_epoch,
-        ("data", "T"): args.T,
-        ("data", "dir"): args.data_dir and str(args.data_dir),
-        ("model", "neunorm"): args.neunorm,
-        ("optim", "batch_size"): args.batch_size,
-    }
-    for (table, key), value in overrides.items():
-        if value is not None:
-            config[table][key] = value
-    return config
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    result = run_training(resolve_config(args), args.out, args.resume)
-    if result["rank"] == 0:
-        print(
-            f"best test accuracy {100 * result['best_test_acc']:.2f}% at epoch "
-            f"{result['best_epoch']} ({result['total_seconds']:.0f} s); run folder: "
-            f"{result['out']}"
-        )
-    return 0
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    state = ck.load_checkpoint(args.checkpoint)
-    config = state["config"]
-    if args.data_dir:
-        config["data"]["dir"] = str(args.data_dir)
-    device = dd.pick_device(args.device)
-    model = ck.load_model(args.checkpoint, device)
-    precision = resolve_precision(args.precision or config["run"]["precision"], device)
-    metrics = evaluate(
-        model, make_dataset(config, train=False), config, dd.Context(device=device), precision
-    )
-    print(
-        f"{args.checkpoint}: {config['run']['name']}, epoch {state['epoch']}: test loss "
-        f"{metrics['test_loss']:.4f}, accuracy {100 * metrics['test_acc']:.2f}%"
-    )
-    for key, value in metrics.items():
-        if key.startswith("rate_"):
-            print(f"  firing rate {key[5:]}: {value:.4f}")
-    return 0
-
-
-def _cmd_configs(args: argparse.Namespace) -> int:
-    names = config_names()
-    width = max(map(len, names))
-    for name in names:
-        print(f"{name:<{width}}  {describe(name)}")
-    return 0
-
-
-USER_ERRORS = (ConfigError, ck.CheckpointError, FormatError, FileNotFoundError, Diverged)
-
-
-def _friendly(func):
-    """Print the errors a user can act on as one line instead of a traceback."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except USER_ERRORS as err:
-            print(f"stbp {args.command}: error: {err}", file=sys.stderr)
-            return 1 if isinstance(err, Diverged) else 2
-
-    return run
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `train`, `eval` and `configs` to the `stbp` command line."""
-    p = subparsers.add_parser("train", help="train a network (one config per paper experiment)")
-    p.add_argument("--config", required=True, help="a shipped config name or a .toml path")
-    p.add_argument("--data-dir", type=Path, help="data folder (overrides [data] dir)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch size")
-    p.add_argument("--T", type=int, help="time window (steps)")
-    p.add_argument("--neunorm", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"))
-    p.add_argument("--precision", choices=("fp32", "bf16", "auto"))
-    p.add_argument("--seed", type=int)
-    p.add_argument("--max-steps-per-epoch", type=int, help="cut epochs short (smoke runs)")
-    p.add_argument("--out", type=Path, help="run folder (default runs/<config>-<timestamp>)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
-    p.set_defaults(func=_friendly(_cmd_train))
-
-    p = subparsers.add_parser("eval", help="evaluate a checkpoint on its config's test set")
-    p.add_argument("--checkpoint", required=True, type=Path)
-    p.add_argument("--data-dir", type=Path, help="data folder (overrides the stored config)")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    p.add_argument(
-        "--precision", choices=("fp32", "bf16", "auto"), help="default: the training run's"
-    )
-    p.set_defaults(func=_friendly(_cmd_eval))
-
-    p = subparsers.add_parser("configs", help="list the shipped experiment configs")
-    p.set_defaults(func=_friendly(_cmd_configs))
