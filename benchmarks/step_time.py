@@ -341,12 +341,13 @@ def write_csv(results: list[dict], path: Path) -> None:
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
+    """Time and memory against T, one line per row and precision; the x ticks are exactly
+    the measured T values and the legend sits below both panels (it covers no point)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, NullLocator
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 5.2), layout="constrained")
+    ax_t, ax_m = fig.subplots(1, 2)
     series: dict[tuple[str, str], list[dict]] = {}
     for r in results:
         if "error" not in r:
@@ -358,15 +359,21 @@ def plot(results: list[dict], path: Path) -> None:
         Ts = [r["T"] for r in rs]
         ax_t.plot(Ts, [r["ms_per_step"] for r in rs], style, label=label)
         ax_m.plot(Ts, [r["peak_mem_mb"] for r in rs], style, label=label)
+    measured = sorted({r["T"] for rs in series.values() for r in rs})
+    plain = FuncFormatter(lambda v, _pos: f"{v:g}")
     for ax, ylabel in ((ax_t, "ms / training step"), (ax_m, "peak memory of a step (MB)")):
         ax.set_xlabel("T (time steps)")
         ax.set_ylabel(ylabel)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ax.set_xticks(measured, [str(T) for T in measured])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
         ax.grid(True, which="both", alpha=0.3)
-    ax_t.legend(fontsize=7)
+    handles, labels = ax_t.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8)
     fig.suptitle(f"{NETWORK}: one training step, batch 20")
-    fig.tight_layout()
     fig.savefig(path, dpi=90)
 
 

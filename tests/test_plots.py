@@ -2,12 +2,16 @@ import copy
 
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.text import Text
 
 import stbp
 from stbp.checkpoint import save_atomic
 from stbp.cli import main
 from stbp.config import DEFAULTS
-from stbp.plots import raster_figure, rates_figure, record_spikes
+from stbp.data.frames import events_to_frames
+from stbp.data.nmnist import read_nmnist
+from stbp.plots import MAX_ROWS, raster_figure, rates_figure, record_spikes
 from stbp.stats import neuron_rates
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -60,8 +64,14 @@ def test_rates_figure(model):
 def test_cli_writes_pngs_next_to_the_checkpoint(tmp_path, capsys):
     net = stbp.build("4C3-AP4-16FC-Voting", (1, 28, 28), T=2)
     ckpt = tmp_path / "last.pt"
-    save_atomic({"model": net.state_dict(), "build_args": net.build_args,
-                 "config": copy.deepcopy(DEFAULTS)}, ckpt)
+    save_atomic(
+        {
+            "model": net.state_dict(),
+            "build_args": net.build_args,
+            "config": copy.deepcopy(DEFAULTS),
+        },
+        ckpt,
+    )
     assert main(["plot", "raster", "--checkpoint", str(ckpt), "--sample", "5"]) == 0
     assert main(["plot", "rates", "--checkpoint", str(ckpt), "--batches", "1"]) == 0
     assert (tmp_path / "raster_sample5.png").read_bytes().startswith(PNG)
@@ -69,3 +79,50 @@ def test_cli_writes_pngs_next_to_the_checkpoint(tmp_path, capsys):
     assert "raster_sample5.png" in capsys.readouterr().out
     assert main(["plot", "raster", "--checkpoint", str(ckpt), "--sample", "99999"]) == 2
     assert "--sample 99999 is out of range" in capsys.readouterr().err
+
+
+def test_neurons_below_one_is_an_error(model):
+    with pytest.raises(ValueError, match="neurons must be at least 1"):
+        raster_figure(model, torch.rand(1, 8, 8), neurons=0)
+
+
+def test_cli_refuses_neurons_zero(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["plot", "raster", "--checkpoint", str(tmp_path / "x.pt"), "--neurons", "0"])
+    assert info.value.code == 2
+    assert "argument --neurons: must be a whole number >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_a_huge_neurons_request_keeps_every_row_visible():
+    torch.manual_seed(0)
+    net = stbp.build("32C3-AP2-16FC-Voting", (1, 8, 8), T=3)  # conv1: 2048 neurons
+    fig = raster_figure(net, torch.rand(1, 8, 8), neurons=100_000)
+    FigureCanvasAgg(fig).draw()  # lays the figure out as saving it does
+    conv1, fc1 = fig.axes[1], fig.axes[2]
+    rows = conv1.images[0].get_array().shape[0]
+    assert rows == MAX_ROWS and f"{MAX_ROWS} of 2,048 neurons shown" in conv1.get_title(loc="left")
+    assert conv1.get_window_extent().height / rows >= 1.5  # pixels per row
+    assert fc1.images[0].get_array().shape[0] == 16  # capped to the layer's size
+    assert "16 neurons" in fc1.get_title(loc="left")
+
+
+def test_event_input_titles_stay_inside_the_figure(model, nmnist_sample):
+    frames = torch.as_tensor(events_to_frames(read_nmnist(nmnist_sample), 10, (34, 34)))
+    net = stbp.build("4C3-AP2-16FC-Voting", (2, 34, 34), T=10)
+    fig = raster_figure(net, frames.float(), title="sample 0")
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text()]
+    assert "t=0" in [t.get_text() for t in texts]
+    for text in texts:  # titles, suptitles, tick labels: nothing cut off at an edge
+        box = text.get_window_extent(renderer)
+        assert 0 <= box.x0 and box.x1 <= fig.bbox.width, text.get_text()
+        assert 0 <= box.y0 and box.y1 <= fig.bbox.height, text.get_text()
+
+
+def test_record_spikes_runs_on_the_models_device(model):
+    """A CPU sample for a model on another device (meta: shapes only, no data) is moved."""
+    spikes = record_spikes(model.to("meta"), torch.rand(1, 8, 8))
+    assert {s.device.type for s in spikes.values()} == {"meta"}
+    assert spikes["lif_fc1"].shape == (3, 16)

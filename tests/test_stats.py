@@ -8,7 +8,7 @@ import stbp
 from stbp.checkpoint import save_atomic
 from stbp.cli import main
 from stbp.config import DEFAULTS
-from stbp.stats import format_table, stats
+from stbp.stats import format_table, neuron_rates, stats
 
 
 def _record(model):
@@ -103,14 +103,35 @@ def test_cli_table_and_json(tmp_path, capsys):
     model = stbp.build("4C3-AP4-16FC-Voting", (1, 28, 28), T=2)
     config = copy.deepcopy(DEFAULTS)  # the embedded MNIST digits
     ckpt = tmp_path / "last.pt"
-    save_atomic({"model": model.state_dict(), "build_args": model.build_args,
-                 "config": config}, ckpt)
+    save_atomic(
+        {"model": model.state_dict(), "build_args": model.build_args, "config": config}, ckpt
+    )
     out = tmp_path / "stats.json"
-    code = main(["stats", "--checkpoint", str(ckpt), "--batches", "2", "--batch-size", "8",
-                 "--json", str(out)])
+    code = main(
+        [
+            "stats",
+            "--checkpoint",
+            str(ckpt),
+            "--batches",
+            "2",
+            "--batch-size",
+            "8",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "16 samples" in printed and "fc1" in printed and "Horowitz" in printed
     result = json.loads(out.read_text())
     assert [r["layer"] for r in result["layers"]] == ["conv1", "fc1", "voting"]
     assert result["samples"] == 16
+
+
+def test_neuron_rates_run_on_the_models_device():
+    """CPU batches for a model on another device (meta: shapes only, no data) are moved,
+    and the helper tensors of the operation counts are made there."""
+    model = stbp.build("4C3-AP2-16FC-Voting", (1, 8, 8), T=3, neunorm=True)
+    rates = neuron_rates(model.to("meta"), [torch.rand(2, 1, 8, 8)])
+    assert {r.device.type for r in rates.values()} == {"meta"}
+    assert rates["lif_conv1"].shape == (4 * 8 * 8,)

@@ -194,3 +194,10 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
         assert resolve_precision("auto", cpu) == expected
+
+
+def test_auto_precision_on_cuda_counts_only_native_bf16(monkeypatch):
+    """Emulated bf16 (T4, V100, RTX 20xx) is slower than fp32: `auto` must not pick it."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation)  # fmt: skip
+    assert resolve_precision("auto", torch.device("cuda")) == "fp32"

@@ -4,9 +4,9 @@ Wu, Deng, Li, Zhu, Xie, Shi, "Direct Training for Spiking Neural Networks: Faste
 Better", AAAI 2019. Multi-step tensors are `[T, B, ...]` throughout.
 """
 
-from stbp import functional, surrogate
+from stbp import checkpoint, functional, surrogate
 from stbp.init import calibrate_, threshold_scaled_
-from stbp.layers import Encoding, SeqDropout, Temporal, Voting
+from stbp.layers import Encoding, SeqDropout, StepDropout, Temporal, Voting
 from stbp.loss import rate_ce_loss, rate_mse_loss
 from stbp.models import (
     PAPER_NETWORKS,
@@ -32,10 +32,12 @@ __all__ = [
     "LIFParameters",
     "NeuNorm",
     "SeqDropout",
+    "StepDropout",
     "Temporal",
     "Voting",
     "build",
     "calibrate_",
+    "checkpoint",
     "export_nir",
     "firing_rates",
     "functional",

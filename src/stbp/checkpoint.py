@@ -4,7 +4,10 @@ A checkpoint is a dict of tensors and plain Python values only (model, optimizer
 scheduler states, epoch, RNG states, `build_args` and the config), so it loads with
 `torch.load(weights_only=True)`, which runs no pickled code. Saving writes a temporary file
 in the same folder, fsyncs it and renames it over the target: a crash leaves either the old
-or the new checkpoint, never a broken one.
+or the new checkpoint, never a broken one. Saving also stores a SHA-256 `checksum` of the
+whole state (every tensor's bytes and every plain value, in a canonical order); loading
+recomputes it and refuses a file whose bytes changed since. A checkpoint written before
+checksums existed loads with a `CheckpointWarning`.
 
 `write_run_files` rewrites `metrics.csv`, `curves.png` and `summary.json` from the history
 kept in the checkpoint, so they always agree with `last.pt`.
@@ -13,10 +16,13 @@ kept in the checkpoint, so they always agree with `last.pt`.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
 import random
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +31,28 @@ import torch
 from stbp.models import SNN, rebuild
 
 FORMAT = "stbp-checkpoint-1"
+CHECKSUM_KEY = "checksum"
+_PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
 
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be read or does not fit; the message names the file."""
 
 
+class CheckpointWarning(UserWarning):
+    """A checkpoint loads but cannot be verified (written before checksums existed)."""
+
+
 def save_atomic(state: dict, path: str | Path) -> None:
-    """`torch.save(state)` to `path` through a temporary file, fsync and rename."""
+    """`torch.save(state)` to `path` through a temporary file, fsync and rename, with the
+    state's `checksum` added."""
     path = Path(path)
+    state = {"format": FORMAT, **{k: v for k, v in state.items() if k != CHECKSUM_KEY}}
+    state[CHECKSUM_KEY] = checksum(state)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
+            torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -59,26 +74,113 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def checksum(state: dict) -> str:
+    """`"sha256:<hex>"` over `state` without its `checksum` entry: dict keys sorted, every
+    tensor's dtype, shape and bytes, every plain value's type and repr (one pass).
+
+    `TypeError` naming the entry for a value that is neither a tensor nor a plain value (it
+    could not be loaded with `weights_only=True` anyway)."""
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in state.items() if k != CHECKSUM_KEY}, "state")
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _feed(digest, value, where: str) -> None:
+    """Add `value` to `digest`, tagged by kind so that different structures never collide."""
+    if isinstance(value, torch.Tensor):
+        data = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"T{data.dtype}{tuple(value.shape)}{data.numel()};".encode())
+        digest.update(data.view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        digest.update(f"D{len(value)};".encode())
+        for key in sorted(value, key=lambda k: (type(k).__name__, repr(k))):
+            _feed(digest, key, where)
+            _feed(digest, value[key], f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple)):  # a list and a tuple of the same items agree
+        digest.update(f"L{len(value)};".encode())
+        for i, item in enumerate(value):
+            _feed(digest, item, f"{where}[{i}]")
+    elif type(value) in _PLAIN:  # exactly: numpy.float64 is a float but does not load
+        text = repr(value)
+        digest.update(f"V{type(value).__name__}{len(text)};{text}".encode())
+    else:
+        raise TypeError(
+            f"checkpoint entry {where} is a {type(value).__module__}.{type(value).__qualname__}; "
+            "a checkpoint holds tensors, dicts, lists, tuples and plain Python values only"
+        )
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with `weights_only=True`; `CheckpointError` naming the file if the
-    file is missing, corrupt or not an stbp checkpoint."""
+    """Load a checkpoint with `weights_only=True` and verify its checksum (the returned dict
+    has no `checksum` entry). `CheckpointError` naming the file if it is missing, unreadable,
+    corrupt or not an stbp checkpoint; `CheckpointWarning` if it has no checksum."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, bad pickle, disallowed global, ...
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_reason(err)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an stbp checkpoint (no {FORMAT!r} marker)")
+    _verify(state, path)
     return state
+
+
+def _verify(state: dict, path: Path) -> None:
+    """Check and remove the stored checksum."""
+    stored = state.pop(CHECKSUM_KEY, None)
+    if stored is None:
+        warnings.warn(
+            f"{path} has no checksum (written by an older stbp): it loads, but a corrupt "
+            "file cannot be told from a good one",
+            CheckpointWarning,
+            stacklevel=3,
+        )
+        return
+    try:
+        actual = checksum(state)
+    except TypeError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    if actual != stored:
+        raise CheckpointError(f"{path}: checksum mismatch: the file is corrupt")
+
+
+def _reason(err: Exception) -> str:
+    """Why torch.load failed, in one line, without torch's advice to load with
+    `weights_only=False` (which would run code from the file)."""
+    text = str(err).strip()
+    if "weights only load failed" in text.lower() or "weights_only" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return f"it holds Python objects{what} besides tensors and plain values"
+    return _first_line(err)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> SNN:
     """Rebuild the network stored in a checkpoint and load its weights (in eval mode)."""
-    state = load_checkpoint(path, map_location)
-    model = rebuild(state["build_args"])
+    return model_from_state(load_checkpoint(path, map_location), path, map_location)
+
+
+def model_from_state(
+    state: dict, path: str | Path, map_location: str | torch.device = "cpu"
+) -> SNN:
+    """The network of a loaded checkpoint `state` (from `load_checkpoint(path)`), with its
+    weights, in eval mode; `CheckpointError` naming `path` if an entry is missing or wrong."""
+    for key in ("build_args", "model"):
+        if key not in state:
+            raise CheckpointError(f"{path}: no {key!r} entry; it holds: {', '.join(state)}")
+    try:
+        model = rebuild(state["build_args"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(
+            f"{path}: its 'build_args' do not describe a network ({type(err).__name__}: {err})"
+        ) from None
     load_weights(model, state["model"], path)
     return model.to(map_location).eval()
 
@@ -87,15 +189,17 @@ def load_weights(model: torch.nn.Module, weights: dict, path: str | Path) -> Non
     """`model.load_state_dict(weights)`, with a message naming the file on a mismatch."""
     try:
         model.load_state_dict(weights)
-    except RuntimeError as err:
+    except (RuntimeError, TypeError, AttributeError) as err:
         raise CheckpointError(
-            f"{path}: the weights do not fit this network ({str(err).splitlines()[0]} ...)"
+            f"{path}: the weights do not fit this network ({_first_line(err)} ...)"
         ) from None
 
 
 def check_same_network(state: dict, build_args: dict, path: str | Path) -> None:
     """`CheckpointError` if the checkpoint holds another network than `build_args`."""
-    stored = state.get("build_args", {})
+    from stbp.models import complete_build_args
+
+    stored = complete_build_args(state.get("build_args", {}))
     diff = [k for k in sorted(set(stored) | set(build_args)) if stored.get(k) != build_args.get(k)]
     if diff:
         details = "; ".join(f"{k}: {stored.get(k)!r} vs {build_args.get(k)!r}" for k in diff)
@@ -129,15 +233,20 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
 
 
-def write_run_files(out: Path, history: list[dict], summary: dict) -> None:
-    """`metrics.csv` (one row per epoch), `curves.png` and `summary.json` in `out`."""
+def write_run_files(
+    out: Path, history: list[dict], summary: dict, selected_epoch: int | None = None
+) -> None:
+    """`metrics.csv` (one row per epoch), `curves.png` and `summary.json` in `out`. The
+    curves mark `selected_epoch` (default: the summary's `selected_epoch`, if any)."""
+    if selected_epoch is None:
+        selected_epoch = summary.get("selected_epoch")
     if history:
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=list(history[-1]))
         writer.writeheader()
         writer.writerows(history)
         _write_text_atomic(out / "metrics.csv", text.getvalue())
-        plot_curves(history, out / "curves.png")
+        plot_curves(history, out / "curves.png", selected_epoch)
     _write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
@@ -147,24 +256,45 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
-    """Loss and accuracy per epoch, train and test, side by side."""
-    import matplotlib
+CURVE_SPLITS = (("train", "o-", "C0"), ("val", "s-", "C1"), ("test", "^--", "C2"))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    epochs = [row["epoch"] for row in history]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, what in zip(axes, ("loss", "acc"), strict=True):
-        for split in ("train", "test"):
-            ax.plot(epochs, [row[f"{split}_{what}"] for row in history], "o-", label=split)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy" if what == "acc" else "loss")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
+def plot_curves(history: list[dict], path: Path, selected_epoch: int | None = None) -> None:
+    """`curves_figure(history, selected_epoch)` saved to `path` as PNG (atomically)."""
+    fig = curves_figure(history, selected_epoch)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     os.replace(tmp, path)
+
+
+def curves_figure(history: list[dict], selected_epoch: int | None = None):
+    """Loss and accuracy (%) per epoch side by side: train, validation (when the rows have
+    `val_loss`/`val_acc`) and test, with a dotted line at `selected_epoch` if given.
+
+    A `matplotlib.figure.Figure` of its own: the pyplot backend of the caller (a notebook's,
+    say) is left alone."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [row["epoch"] for row in history]
+    fig = Figure(figsize=(9, 3.5), layout="constrained")
+    for ax, what in zip(fig.subplots(1, 2), ("loss", "acc"), strict=True):
+        scale = 100 if what == "acc" else 1
+        for split, style, color in CURVE_SPLITS:
+            key = f"{split}_{what}"
+            points = [
+                (row["epoch"], row[key] * scale) for row in history if row.get(key) is not None
+            ]
+            if points:
+                ax.plot(*zip(*points, strict=True), style, color=color, label=split, ms=4)
+        if selected_epoch is not None:
+            ax.axvline(
+                selected_epoch, color="0.4", ls=":", label=f"selected (epoch {selected_epoch})"
+            )
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)  # room for one epoch's point
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy (%)" if what == "acc" else "loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig

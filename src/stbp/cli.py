@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+
+from stbp import __version__
+from stbp.checkpoint import CheckpointWarning
 
 # Each module exposes `register(subparsers)`, adding parsers whose `func(args)` runs the command.
 COMMAND_MODULES = (
-    "stbp.train",
+    "stbp.commands",
+    "stbp.results",
     "stbp.data.emulate",
     "stbp.stats",
     "stbp.plots",
@@ -20,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stbp", description="Direct training of deep spiking neural networks (STBP)."
     )
+    parser.add_argument("--version", action="version", version=f"stbp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -28,7 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line(warnings.showwarning)
+        return int(args.func(args) or 0)
+
+
+def _one_line(show):
+    """A `warnings.showwarning` that prints stbp's own warnings as one line, no source."""
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, CheckpointWarning):
+            print(f"stbp: warning: {message}", file=file or sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return show_warning
 
 
 if __name__ == "__main__":

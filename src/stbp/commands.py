@@ -80,13 +80,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     state = ck.load_checkpoint(args.checkpoint)
     config = state.get("config") or DEFAULTS
     device = dd.pick_device(args.device)
-    model = ck.load_model(args.checkpoint, device)
+    model = ck.model_from_state(state, args.checkpoint, device)
     precision = resolve_precision(args.precision or config["run"]["precision"], device)
     metrics = evaluate(model, stored_test_set(config, args.data_dir), config["optim"]["loss"],
                        batch_size=config["run"]["eval_batch_size"],
                        ctx=dd.Context(device=device), precision=precision)  # fmt: skip
     print(
-        f"{args.checkpoint}: {config['run']['name']}, epoch {state['epoch']}: test loss "
+        f"{args.checkpoint}: {config['run']['name']}, epoch {state.get('epoch', '?')}: test loss "
         f"{metrics['loss']:.4f}, accuracy {100 * metrics['acc']:.2f}%"
     )
     for key, value in metrics.items():

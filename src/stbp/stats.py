@@ -50,6 +50,7 @@ class _Row:
     lif_name: str = ""
     params: int = 0
     spike_counts: torch.Tensor | None = None
+    # running sums, tensors on the model's device until the summary (no sync per batch)
     totals: dict = field(default_factory=lambda: dict(sops=0.0, macs=0.0, ann_macs=0.0))
 
 
@@ -85,13 +86,21 @@ def _structural(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return x
     if isinstance(module, nn.Conv2d):
         mask = (module.weight != 0).to(x.dtype)
-        return F.conv2d(x, mask, None, module.stride, module.padding, module.dilation,
-                        module.groups)
+        return F.conv2d(
+            x, mask, None, module.stride, module.padding, module.dilation, module.groups
+        )
     if isinstance(module, nn.Linear):
         return F.linear(x, (module.weight != 0).to(x.dtype))
     if isinstance(module, nn.AvgPool2d):
-        return F.avg_pool2d(x, module.kernel_size, module.stride, module.padding,
-                            module.ceil_mode, module.count_include_pad, divisor_override=1)
+        return F.avg_pool2d(
+            x,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.ceil_mode,
+            module.count_include_pad,
+            divisor_override=1,
+        )
     if isinstance(module, (nn.MaxPool2d, nn.Flatten)):
         return module(x)
     if isinstance(module, (NeuNorm, SeqDropout, nn.Dropout, nn.Identity)):
@@ -99,11 +108,11 @@ def _structural(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"stats: cannot count operations through {type(module).__name__}")
 
 
-def _count(modules: list[nn.Module], x: torch.Tensor) -> float:
+def _count(modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
     """`sum_i x_i * fanout_i` through `modules`, for `x` `[N, ...]`."""
     for m in modules:
         x = _structural(m, x)
-    return float(x.double().sum())
+    return x.double().sum()
 
 
 def _to_time_first(x: torch.Tensor, in_dims: int, time_first: bool) -> torch.Tensor:
@@ -134,7 +143,7 @@ def _count_synapse(row: _Row, module: nn.Module, x: torch.Tensor, spikes) -> Non
     static = isinstance(module, Encoding) and x.dim() == module.in_dims + 1
     batch = x.shape[0] if static else x.shape[1]
     steps = 1 if static else x.shape[0]
-    one = torch.ones((1, *x.shape[1 if static else 2:]), dtype=x.dtype)
+    one = torch.ones((1, *x.shape[1 if static else 2 :]), dtype=x.dtype, device=x.device)
     dense = _count([module], one) * batch
     row.totals["ann_macs"] += dense
     if spikes is None:  # the encoding layer: analog input
@@ -145,11 +154,18 @@ def _count_synapse(row: _Row, module: nn.Module, x: torch.Tensor, spikes) -> Non
         row.totals["macs"] += dense * steps  # the auxiliary neurons' analog term
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's parameters (CPU for a model without any)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def _collect(model: nn.Module, loader, batches: int | None, time_first: bool):
     """Run `model` over `loader`: the filled rows, the number of samples and of steps."""
     rows = _plan(model.layers)
     if not rows:
         raise ValueError("stats: the model has no conv or linear layer")
+    device = model_device(model)
     was_training = model.training
     model.eval()
     samples, steps = 0, 0
@@ -158,7 +174,8 @@ def _collect(model: nn.Module, loader, batches: int | None, time_first: bool):
             if batches is not None and i >= batches:
                 break
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            x = _to_time_first(torch.as_tensor(x), len(model.in_shape), time_first)
+            x = torch.as_tensor(x).to(device)
+            x = _to_time_first(x, len(model.in_shape), time_first)
             static = x.dim() == len(model.in_shape) + 1
             samples += x.shape[0] if static else x.shape[1]
             steps = model.T if static else x.shape[0]
@@ -189,13 +206,17 @@ def stats(
     return _summary(rows, samples, steps, energy_ac_pj, energy_mac_pj)
 
 
-def neuron_rates(model: nn.Module, loader, batches: int | None = None,
-                 time_first: bool = False) -> dict[str, torch.Tensor]:
+def neuron_rates(
+    model: nn.Module, loader, batches: int | None = None, time_first: bool = False
+) -> dict[str, torch.Tensor]:
     """Firing rate of every neuron (spikes per step, averaged over the samples), flattened,
     keyed by LIF layer name."""
     rows, samples, steps = _collect(model, loader, batches, time_first)
-    return {r.lif_name: r.spike_counts.flatten().float() / (samples * steps)
-            for r in rows if r.spike_counts is not None}
+    return {
+        r.lif_name: r.spike_counts.flatten().float() / (samples * steps)
+        for r in rows
+        if r.spike_counts is not None
+    }
 
 
 def _layer_summary(row: _Row, samples: int, steps: int) -> dict:
@@ -209,19 +230,24 @@ def _layer_summary(row: _Row, samples: int, steps: int) -> dict:
         "rate": float(per_neuron.mean()) if neurons else 0.0,
         "silent": float((per_neuron == 0).double().mean()) if neurons else 0.0,
         "saturated": float((per_neuron == 1).double().mean()) if neurons else 0.0,
-        **{k: v / samples for k, v in row.totals.items()},
+        **{k: float(v) / samples for k, v in row.totals.items()},
     }
 
 
 def _summary(rows: list[_Row], samples: int, steps: int, ac_pj: float, mac_pj: float) -> dict:
     layers = [_layer_summary(r, samples, steps) for r in rows]
-    total = {k: sum(layer[k] for layer in layers)
-             for k in ("neurons", "params", "sops", "macs", "ann_macs")}
+    total = {
+        k: sum(layer[k] for layer in layers)
+        for k in ("neurons", "params", "sops", "macs", "ann_macs")
+    }
     snn_pj = total["sops"] * ac_pj + total["macs"] * mac_pj
     ann_pj = total["ann_macs"] * mac_pj
     energy = {
-        "ac_pj": ac_pj, "mac_pj": mac_pj, "source": ENERGY_SOURCE,
-        "snn_uj": snn_pj * 1e-6, "ann_uj": ann_pj * 1e-6,
+        "ac_pj": ac_pj,
+        "mac_pj": mac_pj,
+        "source": ENERGY_SOURCE,
+        "snn_uj": snn_pj * 1e-6,
+        "ann_uj": ann_pj * 1e-6,
         "snn_over_ann": snn_pj / ann_pj if ann_pj else float("nan"),
     }
     return {"samples": samples, "T": steps, "layers": layers, "total": total, "energy": energy}
@@ -239,26 +265,54 @@ def _si(v: float) -> str:
 
 def format_table(result: dict) -> str:
     """The `stats` result as a plain-text table with the energy estimate below it."""
-    head = ("layer", "neurons", "params", "rate", "silent", "satur.", "SOPs", "MACs",
-            "ANN MACs")
-    lines = [[r["layer"], _si(r["neurons"]), _si(r["params"]), f"{r['rate']:.3f}",
-              f"{r['silent']:.1%}", f"{r['saturated']:.1%}", _si(r["sops"]), _si(r["macs"]),
-              _si(r["ann_macs"])] for r in result["layers"]]
+    head = ("layer", "neurons", "params", "rate", "silent", "satur.", "SOPs", "MACs", "ANN MACs")
+    lines = [
+        [
+            r["layer"],
+            _si(r["neurons"]),
+            _si(r["params"]),
+            f"{r['rate']:.3f}",
+            f"{r['silent']:.1%}",
+            f"{r['saturated']:.1%}",
+            _si(r["sops"]),
+            _si(r["macs"]),
+            _si(r["ann_macs"]),
+        ]
+        for r in result["layers"]
+    ]
     t = result["total"]
-    lines.append(["total", _si(t["neurons"]), _si(t["params"]), "", "", "", _si(t["sops"]),
-                  _si(t["macs"]), _si(t["ann_macs"])])
+    lines.append(
+        [
+            "total",
+            _si(t["neurons"]),
+            _si(t["params"]),
+            "",
+            "",
+            "",
+            _si(t["sops"]),
+            _si(t["macs"]),
+            _si(t["ann_macs"]),
+        ]
+    )
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=True)]
     fmt = lambda row: "  ".join(  # noqa: E731
         str(c).ljust(w) if i == 0 else str(c).rjust(w)
-        for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        for i, (c, w) in enumerate(zip(row, widths, strict=True))
+    )
     e = result["energy"]
-    text = [f"{result['samples']} samples, T = {result['T']}; operations per sample",
-            fmt(head), "  ".join("-" * w for w in widths), *map(fmt, lines[:-1]),
-            "  ".join("-" * w for w in widths), fmt(lines[-1]), "",
-            f"energy per sample: SNN {e['snn_uj']:.3f} uJ (SOPs x {e['ac_pj']} pJ + MACs x "
-            f"{e['mac_pj']} pJ), ANN twin {e['ann_uj']:.3f} uJ (MACs x {e['mac_pj']} pJ): "
-            f"ratio {e['snn_over_ann']:.3f}",
-            f"per-operation energies: {e['source']}"]
+    text = [
+        f"{result['samples']} samples, T = {result['T']}; operations per sample",
+        fmt(head),
+        "  ".join("-" * w for w in widths),
+        *map(fmt, lines[:-1]),
+        "  ".join("-" * w for w in widths),
+        fmt(lines[-1]),
+        "",
+        f"energy per sample: SNN {e['snn_uj']:.3f} uJ (SOPs x {e['ac_pj']} pJ + MACs x "
+        f"{e['mac_pj']} pJ), ANN twin {e['ann_uj']:.3f} uJ (MACs x {e['mac_pj']} pJ): "
+        f"ratio {e['snn_over_ann']:.3f}",
+        f"per-operation energies: {e['source']}",
+    ]
     return "\n".join(text)
 
 
@@ -267,13 +321,10 @@ def format_table(result: dict) -> str:
 
 def load_run(path: str | Path) -> tuple[nn.Module, dict]:
     """`(model in eval mode, checkpoint dict)` from a training checkpoint."""
-    from stbp.checkpoint import load_checkpoint, load_weights
-    from stbp.models import rebuild
+    from stbp.checkpoint import load_checkpoint, model_from_state
 
     state = load_checkpoint(path)
-    model = rebuild(state["build_args"])
-    load_weights(model, state["model"], path)
-    return model.eval(), state
+    return model_from_state(state, path), state
 
 
 def eval_dataset(model: nn.Module, state: dict, data_dir: str | Path | None = None):
@@ -281,9 +332,9 @@ def eval_dataset(model: nn.Module, state: dict, data_dir: str | Path | None = No
     embedded MNIST test digits for a 1x28x28 network whose checkpoint holds no config."""
     config = state.get("config")
     if config:
-        from stbp.config import make_dataset
+        from stbp.datasets import stored_test_set
 
-        return make_dataset(config, train=False, data_dir=data_dir)
+        return stored_test_set(config, data_dir)
     if tuple(model.in_shape) == (1, 28, 28):
         from stbp.data import MNIST10k
 
@@ -310,8 +361,10 @@ def friendly(func):
 def register(subparsers) -> None:
     """Add `stbp stats` to the CLI."""
     p = subparsers.add_parser(
-        "stats", help="per-layer firing, synaptic operations and energy of a checkpoint",
-        description="Per-layer firing rates, SOPs against ANN MACs, and an energy estimate.")
+        "stats",
+        help="per-layer firing, synaptic operations and energy of a checkpoint",
+        description="Per-layer firing rates, SOPs against ANN MACs, and an energy estimate.",
+    )
     p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
     p.add_argument("--data-dir", default=None, help="data folder (default: the checkpoint's)")
     p.add_argument("--batches", type=int, default=10, help="batches to run (default 10)")

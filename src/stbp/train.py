@@ -117,8 +117,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     AVX512-BF16 or AMX), else fp32; elsewhere bf16 is emulated and slower than fp32."""
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # compute capability 8.0 or above; emulation does not count
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
     else:
         checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         native = any(getattr(torch.cpu, name, lambda: False)() for name in checks)

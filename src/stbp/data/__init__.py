@@ -5,9 +5,9 @@ The data path runs one way: file -> events (numpy structured array x, y, p, t) -
 """
 
 from .aedat import read_aedat, write_aedat
-from .cache import FrameCache
+from .cache import BuildReport, FrameCache
 from .cifar10 import CIFAR10, read_cifar10_batch
-from .errors import FormatError
+from .errors import FormatError, SkippedEventsWarning, SkippedFilesWarning
 from .event_datasets import CIFAR10DVS, NMNIST, EventFrames
 from .events import EVENT_DTYPE, make_events
 from .frames import events_to_frames
@@ -16,6 +16,7 @@ from .mnist10k import MNIST10k
 from .nmnist import read_nmnist, write_nmnist
 
 __all__ = [
+    "BuildReport",
     "CIFAR10",
     "CIFAR10DVS",
     "EVENT_DTYPE",
@@ -25,6 +26,8 @@ __all__ = [
     "FrameCache",
     "MNIST10k",
     "NMNIST",
+    "SkippedEventsWarning",
+    "SkippedFilesWarning",
     "events_to_frames",
     "make_events",
     "read_aedat",
