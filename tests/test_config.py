@@ -4,8 +4,8 @@ import pytest
 
 from stbp import PAPER_NETWORKS
 from stbp.cli import build_parser
-from stbp.config import ConfigError, config_names, load_config, merge, to_toml, tomllib
 from stbp.commands import resolve_config
+from stbp.config import ConfigError, config_names, load_config, merge, to_toml, tomllib
 
 EXPERIMENTS = {"demo", "demo-deep", "nmnist", "nmnist-emulated", "dvs-cifar10",
                "cifar10-small", "cifar10-middle", "cifarnet"}  # fmt: skip

@@ -252,3 +252,10 @@ def test_an_input_shape_that_does_not_fit_the_data_is_refused(tmp_path):
                        r"the data set gives \[1, 28, 28\]"):  # fmt: skip
         run_training(config, tmp_path / "run")
 
+
+
+def test_a_run_that_fails_before_writing_anything_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--config", "nmnist", "--data-dir", str(tmp_path / "none"), "--out", str(out)]
+    assert main(args) == 2
+    assert "expected inside" in capsys.readouterr().err and not out.exists()

@@ -10,7 +10,7 @@ import torch
 from stbp import PAPER_NETWORKS
 from stbp import checkpoint as ck
 from stbp.cli import main
-from stbp.config import Settings, config_names, load_config, merge
+from stbp.config import Settings, config_names, load_config, merge, to_toml
 from stbp.runs import run_training
 from stbp.train import make_model, resolve_precision
 
@@ -201,3 +201,19 @@ def test_auto_precision_on_cuda_counts_only_native_bf16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported",
                         lambda including_emulation=True: including_emulation)  # fmt: skip
     assert resolve_precision("auto", torch.device("cuda")) == "fp32"
+
+
+def test_cache_dir_flag_puts_the_frame_cache_there(tiny_data, tmp_path, capsys):
+    config = load_config("nmnist-emulated")
+    config["run"].update(epochs=1, max_steps_per_epoch=1, device="cpu", workers=0)
+    config["data"].update(T=2)
+    config["model"].update(spec=TINY_SPEC, in_shape=[])
+    (tmp_path / "c.toml").write_text(to_toml(config))
+    cache, out = tmp_path / "frames", tmp_path / "run"
+    assert main(["train", "--config", str(tmp_path / "c.toml"), "--data-dir",
+                 str(tiny_data["nmnist"]), "--cache-dir", str(cache), "--out", str(out)]) == 0
+    before = sorted(p.name for p in cache.rglob("*.npz"))
+    assert len(before) == 20  # every recording of the tiny set, train and test
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--device", "cpu",
+                 "--cache-dir", str(cache)]) == 0  # fmt: skip
+    assert sorted(p.name for p in cache.rglob("*.npz")) == before  # read there, nothing new

@@ -82,7 +82,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     device = dd.pick_device(args.device)
     model = ck.model_from_state(state, args.checkpoint, device)
     precision = resolve_precision(args.precision or config["run"]["precision"], device)
-    metrics = evaluate(model, stored_test_set(config, args.data_dir), config["optim"]["loss"],
+    test_set = stored_test_set(config, args.data_dir, args.cache_dir)
+    metrics = evaluate(model, test_set, config["optim"]["loss"],
                        batch_size=config["run"]["eval_batch_size"],
                        ctx=dd.Context(device=device), precision=precision)  # fmt: skip
     print(
@@ -150,6 +151,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="evaluate a checkpoint on its config's test set")
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--data-dir", type=Path, help="data folder (overrides the stored config)")
+    p.add_argument("--cache-dir", type=Path, help="frame cache folder (overrides the stored one)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     p.add_argument(
         "--precision", choices=("fp32", "bf16", "auto"), help="default: the training run's"

@@ -81,12 +81,14 @@ def in_shape(dataset: Dataset) -> tuple[int, ...]:
     return tuple(x.shape[-3:])
 
 
-def stored_test_set(config: dict, data_dir: str | Path | None = None) -> Dataset:
+def stored_test_set(config: dict, data_dir: str | Path | None = None,
+                    cache_dir: str | Path | None = None) -> Dataset:  # fmt: skip
     """The test set of a stored config (a checkpoint's, perhaps from an older version: missing
-    keys take their defaults); `data_dir` overrides its data folder."""
+    keys take their defaults); `data_dir` and `cache_dir` override its folders."""
     from stbp.config import DEFAULTS, merge
 
     config = merge(DEFAULTS, config, "the checkpoint's config")
-    if data_dir:
-        config["data"]["dir"] = str(data_dir)
+    for key, value in (("dir", data_dir), ("cache_dir", cache_dir)):
+        if value:
+            config["data"][key] = str(value)
     return make_dataset(DataSettings(**config["data"]), False, config["run"]["name"])

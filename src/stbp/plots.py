@@ -234,6 +234,7 @@ def register(subparsers) -> None:
     for p in (raster, rates):
         p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
         p.add_argument("--data-dir", default=None, help="data folder (default: the checkpoint's)")
+        p.add_argument("--cache-dir", default=None, help="frame cache folder (default: the run's)")
         p.add_argument("--out", default=None, help="PNG path (default: next to the checkpoint)")
     raster.add_argument("--sample", type=int, default=0, help="index in the test set")
     raster.add_argument(
@@ -264,7 +265,7 @@ def _at_least_one(text: str) -> int:
 
 def _load(args: argparse.Namespace):
     model, state = load_run(args.checkpoint)
-    return model, eval_dataset(model, state, args.data_dir)
+    return model, eval_dataset(model, state, args.data_dir, args.cache_dir)
 
 
 def _save(fig: Figure, args: argparse.Namespace, default_name: str) -> int:

@@ -11,6 +11,7 @@ last checkpoint and, on a CPU, ends bit-identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -102,9 +103,16 @@ class RunFolder:
         self._lock = handle
 
     def release(self) -> None:
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        """Let go of the lock; a folder left with nothing but it (a run that failed before
+        writing anything) is removed."""
+        if self._lock is None:
+            return
+        if not self.holds_run():
+            (self.path / ".lock").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
+        self._lock.close()
+        self._lock = None
 
     def check_usable(self, resume: bool, overwrite: bool) -> None:
         """Refuse a file, a folder holding another run (unless `resume` or `overwrite`), and

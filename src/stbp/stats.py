@@ -327,14 +327,15 @@ def load_run(path: str | Path) -> tuple[nn.Module, dict]:
     return model_from_state(state, path), state
 
 
-def eval_dataset(model: nn.Module, state: dict, data_dir: str | Path | None = None):
+def eval_dataset(model: nn.Module, state: dict, data_dir: str | Path | None = None,
+                 cache_dir: str | Path | None = None):  # fmt: skip
     """The test set of the checkpoint's config (`data_dir` overrides its data folder); the
     embedded MNIST test digits for a 1x28x28 network whose checkpoint holds no config."""
     config = state.get("config")
     if config:
         from stbp.datasets import stored_test_set
 
-        return stored_test_set(config, data_dir)
+        return stored_test_set(config, data_dir, cache_dir)
     if tuple(model.in_shape) == (1, 28, 28):
         from stbp.data import MNIST10k
 
@@ -367,6 +368,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
     p.add_argument("--data-dir", default=None, help="data folder (default: the checkpoint's)")
+    p.add_argument("--cache-dir", default=None, help="frame cache folder (default: the run's)")
     p.add_argument("--batches", type=int, default=10, help="batches to run (default 10)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--energy-ac", type=float, default=0.9, help="pJ per accumulate (0.9)")
@@ -377,7 +379,7 @@ def register(subparsers) -> None:
 
 def _cli(args: argparse.Namespace) -> int:
     model, state = load_run(args.checkpoint)
-    data = eval_dataset(model, state, args.data_dir)
+    data = eval_dataset(model, state, args.data_dir, args.cache_dir)
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size)
     result = stats(model, loader, args.batches, args.energy_ac, args.energy_mac)
     print(format_table(result))
