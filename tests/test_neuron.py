@@ -102,3 +102,144 @@ def test_bad_input_shape_and_surrogate():
         lif(torch.zeros(3))
     with pytest.raises(ValueError, match="atan, rect, sigmoid, triangle"):
         stbp.LIF(surrogate="gauss")
+
+
+BAD_PARAMETERS = [
+    ({"decay": 5}, r"decay = 5 .*\[0, 1\]"),
+    ({"decay": -0.1}, r"decay = -0\.1 .*\[0, 1\]"),
+    ({"decay": float("nan")}, r"decay = nan .*\[0, 1\]"),
+    ({"decay": "0.2"}, r"decay = '0\.2' .*\[0, 1\]"),
+    ({"threshold": 0.0}, r"threshold = 0\.0 .*finite number > 0"),
+    ({"threshold": float("inf")}, r"threshold = inf .*finite number > 0"),
+    ({"width": 0}, r"width = 0 .*finite number > 0"),
+    ({"width": -1.0}, r"width = -1\.0 .*finite number > 0"),
+    ({"width": float("nan")}, r"width = nan .*finite number > 0"),
+    ({"surrogate": "rectangle"}, r"unknown surrogate 'rectangle'.*atan, rect, sigmoid, triangle"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_PARAMETERS)
+def test_bad_parameters_are_refused_by_name(change, message):
+    p = LIFParameters()._replace(**change)
+    with pytest.raises(ValueError, match=message):
+        p.validate()
+    with pytest.raises(ValueError, match=message):
+        stbp.LIF(*p)
+    with pytest.raises(ValueError, match=message):
+        lif(torch.zeros(2, 1), *p)
+    with pytest.raises(ValueError, match=message):
+        lif_reference(torch.zeros(2, 1), p)
+
+
+def test_good_parameters_pass_validation():
+    for p in (
+        LIFParameters(),
+        LIFParameters(0.0, 1e-3, "atan", 4.0),
+        LIFParameters(1, 2, "rect", 1),
+    ):
+        assert p.validate() is p
+    assert stbp.LIF(decay=1.0).p.decay == 1.0  # decay 1: the integrate-and-fire neuron
+
+
+# --- bf16: the backward follows the fp32 forward's spikes and windows ---------------------------
+
+DEFAULT = LIFParameters()
+CIFAR_LIKE = LIFParameters(0.25, 0.75, "rect", 0.3)  # edges at 0.6 and 0.9, not bf16 numbers
+
+
+def _near_edges(p: LIFParameters, T=9, n=2048, seed=0) -> tuple[torch.Tensor, torch.Tensor]:
+    """bf16 input `[T, 1, n]` whose fp32 potentials land within about one bf16 rounding of the
+    threshold or of the rectangle's edges at every step, and those potentials (fp32): a
+    backward that rebuilt its decisions from rounded potentials gets many of them wrong."""
+    g = torch.Generator().manual_seed(seed)
+    edges = torch.tensor([p.threshold - p.width / 2, p.threshold, p.threshold + p.width / 2])
+    u = o = torch.zeros(n)
+    xs, us = [], []
+    for _ in range(T):
+        target = edges[torch.randint(0, 3, (n,), generator=g)]
+        target = target + (torch.rand(n, generator=g) - 0.5) * 0.01
+        leak = p.decay * u * (1 - o)
+        x_t = (target - leak).to(torch.bfloat16)
+        u = x_t + leak  # as the forward computes it, in fp32
+        o = (u > p.threshold).float()
+        xs.append(x_t)
+        us.append(u)
+    return torch.stack(xs).unsqueeze(1), torch.stack(us).unsqueeze(1)
+
+
+def _decisions_lost_by_rounding(u: torch.Tensor, p: LIFParameters, dtype: torch.dtype) -> int:
+    rounded = u.to(dtype).float()
+    spikes = (u > p.threshold) != (rounded > p.threshold)
+    half = p.width / 2
+    windows = ((u - p.threshold).abs() < half) != ((rounded - p.threshold).abs() < half)
+    return int(spikes.sum() + windows.sum())
+
+
+def _check_gradient_follows_fp32_decisions(p: LIFParameters, dtype=torch.bfloat16):
+    x, u = _near_edges(p)
+    x = x.to(dtype)
+    assert _decisions_lost_by_rounding(u, p, dtype) > 100  # the input does reach the edges
+    grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    x = x.requires_grad_()
+    spikes = lif(x, *p)
+    (grad,) = torch.autograd.grad(spikes, x, grad_out)
+    x_ref = x.detach().float().requires_grad_()  # fp32 reference: the forward's own decisions
+    ref = lif_reference(x_ref, p)
+    (grad_ref,) = torch.autograd.grad(ref, x_ref, grad_out.float())
+    assert spikes.dtype == grad.dtype == dtype
+    assert torch.equal(spikes.float(), ref)
+    # bf16 rounding of v = u - V_th (in u*h and a smooth h) and of dL/dx; a decision taken
+    # from a rounded potential instead costs O(0.1-1) on thousands of entries
+    torch.testing.assert_close(grad.float(), grad_ref, rtol=2**-7, atol=1e-2)
+
+
+@pytest.mark.parametrize("surrogate", sorted(SURROGATES))
+def test_bf16_gradient_follows_fp32_decisions_eager(surrogate):
+    _check_gradient_follows_fp32_decisions(DEFAULT._replace(surrogate=surrogate))
+
+
+def test_bf16_gradient_follows_fp32_decisions_edges_between_bf16_numbers():
+    _check_gradient_follows_fp32_decisions(CIFAR_LIKE)
+
+
+def test_fp16_gradient_follows_fp32_decisions():
+    _check_gradient_follows_fp32_decisions(DEFAULT, torch.float16)
+
+
+@pytest.mark.parametrize(
+    "p", [DEFAULT, DEFAULT._replace(surrogate="sigmoid")], ids=["rect", "sigmoid"]
+)
+def test_bf16_gradient_follows_fp32_decisions_compiled(p, monkeypatch):
+    monkeypatch.setenv("STBP_COMPILE", "1")
+    _check_gradient_follows_fp32_decisions(p)
+    assert not kernels.failed(), "torch.compile fell back to eager"
+
+
+def test_rectangle_edges_in_bf16():
+    assert neuron._window_in_bf16("rect", 1.0) == (0.5, 0.5 - 2**-9, 0.5)
+    c, inner, outer = neuron._window_in_bf16("rect", 0.3)
+    assert c == torch.tensor(0.15).item() and inner < c < outer
+    assert torch.tensor([inner, outer]).to(torch.bfloat16).tolist() == [inner, outer]
+    assert outer - inner == 2**-10  # neighbours in bf16 (0.15 lies in [2^-3, 2^-2))
+    assert neuron._window_in_bf16("sigmoid", 1.0) is None
+
+
+def _saved_bytes_per_neuron_step(x: torch.Tensor, surrogate: str) -> float:
+    saved = []
+
+    def pack(t):
+        saved.append(t.nbytes)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        lif(x.requires_grad_(), 0.2, 0.5, surrogate, 1.0)
+    return sum(saved) / x.numel()
+
+
+def test_saved_memory_per_neuron_step():
+    x = torch.randn(8, 2, 3, 5)
+    for surrogate in ("rect", "sigmoid"):  # one potential per neuron-step, nothing else
+        assert _saved_bytes_per_neuron_step(x, surrogate) == 4
+        assert _saved_bytes_per_neuron_step(x.double(), surrogate) == 8
+        assert _saved_bytes_per_neuron_step(x.to(torch.bfloat16), surrogate) == 2
+        assert _saved_bytes_per_neuron_step(x.to(torch.float16), surrogate) == 2

@@ -34,3 +34,27 @@ def test_spike_forward_is_strict_step_and_backward_uses_surrogate():
 def test_unknown_name_lists_valid_ones():
     with pytest.raises(ValueError, match="unknown surrogate 'box'.*atan, rect, sigmoid, triangle"):
         sg.get("box")
+
+
+@pytest.mark.parametrize("width", [0, -1.0, float("nan"), float("inf"), "1", None])
+def test_bad_width_is_refused_by_name(width):
+    with pytest.raises(ValueError, match=r"surrogate width = .* finite number > 0"):
+        sg.spike(torch.zeros(3), "rect", width)
+    with pytest.raises(ValueError, match=r"surrogate width = .* finite number > 0"):
+        sg.check("rect", width)
+
+
+@pytest.mark.parametrize("width", [1.0, 0.3])
+def test_windowed_surrogates_are_open_exactly_inside_their_half_width(width):
+    # the fused LIF rounds bf16 potentials to the right side of these edges (neuron.py)
+    for name, half_width in sg.WINDOWED.items():
+        c = torch.tensor(half_width(width))  # as the kernels compare it, in fp32
+        edge = torch.stack([c, -c])
+        v = torch.cat([edge, torch.nextafter(edge, torch.zeros(2)), torch.linspace(-1, 1, 201)])
+        assert torch.equal(sg.get(name)(v, width) > 0, v.abs() < c)
+
+
+@pytest.mark.parametrize("name", sorted(set(sg.SURROGATES) - set(sg.WINDOWED)))
+def test_other_surrogates_have_no_jumps(name):
+    v = torch.linspace(-3, 3, 600_001, dtype=torch.float64)
+    assert sg.get(name)(v, 1.0).diff().abs().max() < 1e-4

@@ -1,8 +1,11 @@
 """`torch.compile` for stbp's hand-fused kernels (the LIF scans, NeuNorm), with an eager
 fallback, and the memory-order views the kernels work on.
 
-`STBP_COMPILE=0` runs the plain functions. A compile failure (no C++ compiler, an unsupported
-platform) warns once and runs the plain functions for the rest of the process.
+`STBP_COMPILE=0` runs the plain functions. A compiler failure (no C++ compiler, an unsupported
+platform, an Inductor or Dynamo error) warns once and runs the plain functions for the rest of
+the process. Any other error of a compiled call (out of memory, a device error) is raised as
+it is. When a kernel needs more variants (time-window lengths, dtypes, surrogates) than
+Dynamo's recompile limit allows, the new variants run eagerly, with a warning.
 """
 
 from __future__ import annotations
@@ -15,6 +18,16 @@ import torch
 
 _COMPILED: dict[Callable, Callable] = {}
 _STATE = {"failed": False}
+_OVER_LIMIT: set[Callable] = set()
+
+
+def compiler_errors() -> tuple[type[Exception], ...]:
+    """What the compiler raises when it cannot compile (InductorError, the C++ compiler or
+    Triton missing included, is a BackendCompilerFailed); other errors are the kernel's or the
+    device's. Imported here: `torch._dynamo` takes seconds to import."""
+    from torch._dynamo import exc
+
+    return exc.BackendCompilerFailed, exc.InternalTorchDynamoError
 
 
 def failed() -> bool:
@@ -31,13 +44,35 @@ def run(kernel: Callable, *args):
         return kernel(*args)
     if kernel not in _COMPILED:
         _COMPILED[kernel] = torch.compile(kernel, dynamic=True)
+    from torch._dynamo import config, exc
+
     try:
-        return _COMPILED[kernel](*args)
-    except Exception as err:  # a compiler missing or failing: keep training, unfused
-        warnings.warn(f"torch.compile failed ({err!r:.200}); running stbp's kernels eagerly",
-                      stacklevel=2)
+        with config.patch(fail_on_recompile_limit_hit=True):
+            return _COMPILED[kernel](*args)
+    except exc.FailOnRecompileLimitHit:
+        _warn_recompile_limit(kernel)
+        return kernel(*args)
+    except compiler_errors() as err:  # keep training, unfused
+        warnings.warn(
+            f"torch.compile failed ({err!r:.200}); running stbp's kernels eagerly", stacklevel=2
+        )
         _STATE["failed"] = True
         return kernel(*args)
+
+
+def _warn_recompile_limit(kernel: Callable) -> None:
+    if kernel in _OVER_LIMIT:
+        return
+    _OVER_LIMIT.add(kernel)
+    from torch._dynamo import config
+
+    limit = config.recompile_limit
+    warnings.warn(
+        f"stbp kernel {kernel.__name__} needs more than torch._dynamo.config.recompile_limit = "
+        f"{limit} compiled variants (time-window lengths, dtypes, surrogates); new variants "
+        "run eagerly, which is slower. Raise the limit to compile them.",
+        stacklevel=3,
+    )
 
 
 def memory_order(x: torch.Tensor) -> list[int]:

@@ -9,11 +9,16 @@ uses a rectangle (section "Spatio-temporal backpropagation" of arXiv 1809.05793)
 with `a = 1` in the authors' code. Every surrogate here is a bump of unit area and peak
 height `1/width`, so one `width` parameter means the same thing for all of them.
 Each function takes `v = u - V_th` and returns `h(v)`.
+
+The rectangle is the one surrogate with jumps: `h` is `1/width` inside its window and 0
+outside, so a `v` rounded across an edge changes `h` by `1/width`. `WINDOWED` names it with
+where it jumps, so that the fused LIF (`neuron.py`) can store a rounded `v` on the same side.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -23,7 +28,12 @@ Surrogate = Callable[[torch.Tensor, float], torch.Tensor]
 
 def rect(v: torch.Tensor, width: float) -> torch.Tensor:
     """The paper's rectangular window: `(1/width) * 1[|v| < width/2]`."""
-    return (v.abs() < width / 2).to(v.dtype) / width
+    return (v.abs() < rect_half_width(width)).to(v.dtype) / width
+
+
+def rect_half_width(width: float) -> float:
+    """Where the rectangle jumps: at `|v| = width/2`."""
+    return width / 2
 
 
 def triangle(v: torch.Tensor, width: float) -> torch.Tensor:
@@ -51,13 +61,33 @@ SURROGATES: dict[str, Surrogate] = {
 }
 
 
+# Surrogates with jumps: each is nonzero exactly where `|v| < half_width(width)`.
+WINDOWED: dict[str, Callable[[float], float]] = {"rect": rect_half_width}
+
+
 def get(name: str) -> Surrogate:
     """The surrogate derivative called `name`; `ValueError` listing the valid names otherwise."""
     try:
         return SURROGATES[name]
-    except KeyError:
+    except (KeyError, TypeError):
         valid = ", ".join(sorted(SURROGATES))
         raise ValueError(f"unknown surrogate {name!r}; choose one of: {valid}") from None
+
+
+def check(name: str, width: float) -> None:
+    """`ValueError` naming the parameter unless `name` is a known surrogate and `width` a
+    finite number > 0 (a zero width makes every gradient NaN)."""
+    get(name)
+    if not is_number(width) or not 0 < width < math.inf:
+        raise ValueError(
+            f"surrogate width = {width!r} is not allowed; it must be a finite "
+            "number > 0 (the authors' code uses 1)"
+        )
+
+
+def is_number(value) -> bool:
+    """A real number (int, float, numpy scalar), not a bool, a string or a tensor."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class SpikeFunction(torch.autograd.Function):
@@ -77,5 +107,5 @@ class SpikeFunction(torch.autograd.Function):
 
 def spike(v: torch.Tensor, surrogate: str = "rect", width: float = 1.0) -> torch.Tensor:
     """Algorithm 1, firing: `o = H(v)` with `v = u - V_th`, differentiable through `surrogate`."""
-    get(surrogate)
+    check(surrogate, width)
     return SpikeFunction.apply(v, surrogate, width)
