@@ -92,6 +92,13 @@ def test_import_refuses_a_lif_with_leak_voltage():
         import_nir(graph)
 
 
+def test_import_refuses_a_threshold_not_above_zero():
+    graph = export_nir(stbp.build("8FC-Voting", (1, 2, 2), T=3))
+    graph.nodes["lif_fc1"].v_threshold[:] = 0.0
+    with pytest.raises(ValueError, match="'lif_fc1': v_threshold = 0.0; it must be above 0"):
+        import_nir(graph)
+
+
 def test_cli_export(tmp_path, capsys):
     model = stbp.build("4C3-AP2-8FC-Voting", (1, 8, 8), T=2)
     ckpt = tmp_path / "last.pt"

@@ -72,7 +72,8 @@ def test_eval_of_a_corrupt_checkpoint_is_one_clear_line(tmp_path, capsys):
 def test_unknown_config_and_missing_data_are_one_clear_line(tmp_path, capsys):
     assert main(["train", "--config", "nope"]) == 2
     assert "unknown config 'nope'" in capsys.readouterr().err
-    assert main(["train", "--config", "nmnist", "--data-dir", str(tmp_path / "none")]) == 2
+    assert main(["train", "--config", "nmnist", "--data-dir", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "none" in err and "does not exist" in err and "Traceback" not in err
 

@@ -280,6 +280,8 @@ def _uniform(name: str, field: str, values) -> float:
 
 def _import_lif(name: str, node, dt: float) -> LIF:
     threshold = _uniform(name, "v_threshold", node.v_threshold)
+    if not threshold > 0:
+        raise ValueError(f"NIR node {name!r}: v_threshold = {threshold}; it must be above 0")
     if _uniform(name, "v_reset", node.v_reset) != 0.0:
         raise ValueError(f"NIR node {name!r}: v_reset must be 0 (Algorithm 1 resets to 0)")
     if type(node).__name__ == "IF":
