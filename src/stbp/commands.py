@@ -42,17 +42,23 @@ def resolve_config(args: argparse.Namespace) -> dict:
     return config
 
 
-def _resume_command(args: argparse.Namespace, out: str) -> str:
-    words = ["stbp", "train", "--config", str(args.config)]
-    for dest in FLAG_KEYS:
-        value = getattr(args, dest, None)
+def flag_words(flags: dict) -> list[str]:
+    """`stbp train` options for values by argparse name (`--T 4`, `--no-neunorm`)."""
+    words = []
+    for dest, value in flags.items():
         if value is None:
             continue
-        flag = "--" + dest.replace("_", "-") if dest != "T" else "--T"
+        flag = "--T" if dest == "T" else "--" + dest.replace("_", "-")
         if isinstance(value, bool):
             words.append(flag if value else "--no-" + flag[2:])
         else:
             words += [flag, str(value)]
+    return words
+
+
+def _resume_command(args: argparse.Namespace, out: str) -> str:
+    flags = {dest: getattr(args, dest, None) for dest in FLAG_KEYS}
+    words = ["stbp", "train", "--config", str(args.config), *flag_words(flags)]
     return shlex.join([*words, "--out", out, "--resume"])
 
 

@@ -218,14 +218,21 @@ def restore(trainer: Trainer, state: dict, path: Path) -> None:
     ck.set_rng_states(state["rng"])
 
 
-def check_resumable(stored: dict, config: dict, path: Path) -> None:
-    """`CheckpointError` listing the settings that differ from the checkpoint's and matter."""
+def setting_differences(stored: dict, config: dict) -> list[str]:
+    """The settings of `config` that the stored config (a checkpoint's or a run folder's) has
+    otherwise, leaving out those a resume may change (`RESUMABLE_CHANGES`)."""
     diffs = []
     for table, values in config.items():
         for key, value in values.items():
             old = stored.get(table, {}).get(key, value)
             if old != value and key not in RESUMABLE_CHANGES.get(table, set()):
                 diffs.append(f"[{table}] {key}: {old!r} vs {value!r}")
+    return diffs
+
+
+def check_resumable(stored: dict, config: dict, path: Path) -> None:
+    """`CheckpointError` listing the settings that differ from the checkpoint's and matter."""
+    diffs = setting_differences(stored, config)
     if diffs:
         raise ck.CheckpointError(
             f"{path} was trained with other settings ({'; '.join(diffs)}); resume with the "
