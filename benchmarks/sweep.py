@@ -49,7 +49,7 @@ class SweepError(ValueError):
 class Run:
     """One `stbp train` run of the sweep: its table row, seed, folder, config and flags.
 
-    `flags` are `stbp train` options by their `argparse` name (`stbp.commands.FLAG_KEYS`:
+    `flags` are `stbp train` options by their `argparse` name (`stbp.config.FLAG_KEYS`:
     "T", "seed", "epochs", "data_dir", "max_steps_per_epoch", ...); "epochs" is required."""
 
     group: str

@@ -9,26 +9,20 @@ from pathlib import Path
 
 from stbp import checkpoint as ck
 from stbp import distributed as dd
-from stbp.config import DEFAULTS, ConfigError, config_names, describe, load_config, validate
+from stbp.config import (
+    DEFAULTS,
+    FLAG_KEYS,
+    ConfigError,
+    config_names,
+    describe,
+    flag_name,
+    load_config,
+    validate,
+)
 from stbp.data import FormatError
 from stbp.datasets import stored_test_set
 from stbp.runs import Interrupted, run_training
 from stbp.train import Diverged, evaluate, resolve_precision
-
-FLAG_KEYS = {  # flag (argparse dest) -> config key
-    "epochs": ("run", "epochs"),
-    "seed": ("run", "seed"),
-    "device": ("run", "device"),
-    "precision": ("run", "precision"),
-    "max_steps_per_epoch": ("run", "max_steps_per_epoch"),
-    "checkpoint_every": ("run", "checkpoint_every"),
-    "T": ("data", "T"),
-    "data_dir": ("data", "dir"),
-    "val_fraction": ("data", "val_fraction"),
-    "cache_dir": ("data", "cache_dir"),
-    "neunorm": ("model", "neunorm"),
-    "batch_size": ("optim", "batch_size"),
-}
 
 
 def resolve_config(args: argparse.Namespace) -> dict:
@@ -48,7 +42,7 @@ def flag_words(flags: dict) -> list[str]:
     for dest, value in flags.items():
         if value is None:
             continue
-        flag = "--T" if dest == "T" else "--" + dest.replace("_", "-")
+        flag = flag_name(dest)
         if isinstance(value, bool):
             words.append(flag if value else "--no-" + flag[2:])
         else:

@@ -156,20 +156,28 @@ RANGES = {
     ("optim", "calibrate_rate"): (0, 1, True, False),
 }
 
-FLAGS = {  # the command-line flag that sets a key, named in error messages
-    ("run", "epochs"): "--epochs",
-    ("run", "seed"): "--seed",
-    ("run", "device"): "--device",
-    ("run", "precision"): "--precision",
-    ("run", "max_steps_per_epoch"): "--max-steps-per-epoch",
-    ("run", "checkpoint_every"): "--checkpoint-every",
-    ("data", "T"): "--T",
-    ("data", "dir"): "--data-dir",
-    ("data", "val_fraction"): "--val-fraction",
-    ("data", "cache_dir"): "--cache-dir",
-    ("model", "neunorm"): "--neunorm",
-    ("optim", "batch_size"): "--batch-size",
+FLAG_KEYS = {  # `stbp train` flags (by argparse name) and the keys they set
+    "epochs": ("run", "epochs"),
+    "seed": ("run", "seed"),
+    "device": ("run", "device"),
+    "precision": ("run", "precision"),
+    "max_steps_per_epoch": ("run", "max_steps_per_epoch"),
+    "checkpoint_every": ("run", "checkpoint_every"),
+    "T": ("data", "T"),
+    "data_dir": ("data", "dir"),
+    "val_fraction": ("data", "val_fraction"),
+    "cache_dir": ("data", "cache_dir"),
+    "neunorm": ("model", "neunorm"),
+    "batch_size": ("optim", "batch_size"),
 }
+
+
+def flag_name(dest: str) -> str:
+    """The command-line spelling of an argparse name: `--batch-size`, `--T`."""
+    return "--T" if dest == "T" else "--" + dest.replace("_", "-")
+
+
+FLAGS = {key: flag_name(dest) for dest, key in FLAG_KEYS.items()}  # named in error messages
 
 
 class ConfigError(ValueError):
