@@ -1,4 +1,4 @@
-"""Side-by-side training-step benchmark on the paper's N-MNIST network (issue 6).
+"""Side-by-side training-step benchmark on `nmnist-small`, a smaller neuromorphic net (issue 6).
 
 One training step = forward, backward and Adam update of
 128C3(Enc)-128C3-AP2-128C3-256C3-AP2-1024FC-Voting on binary input [T, B=20, 2, 34, 34] with the

@@ -1,6 +1,7 @@
 """The `stbp` command line: version, and one-line errors for checkpoints that cannot be used."""
 
 import copy
+import os
 
 import pytest
 import torch
@@ -73,3 +74,16 @@ def test_an_old_checkpoint_loads_with_a_one_line_warning(tmp_path, capsys):
         "corrupt file cannot be told from a good one"
     )
     assert "4 samples" in out
+
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(monkeypatch, tmp_path):
+    """`stbp stats ... | head`: the pipe closes while stbp still writes."""
+    import stbp.commands
+
+    def closed_pipe(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(stbp.commands, "_cmd_configs", closed_pipe)
+    monkeypatch.setattr(os, "dup2", lambda fd, fd2: None)  # leave pytest's stdout alone
+    assert main(["configs"]) == 0

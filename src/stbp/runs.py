@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import re
 import signal
 import sys
@@ -22,6 +23,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -243,8 +245,15 @@ def check_resumable(stored: dict, config: dict, path: Path) -> None:
 # ------------------------------------------------------------------------------- the run
 
 
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def make_trainer(settings: Settings, ctx: dd.Context, splits: Splits) -> Trainer:
-    torch.manual_seed(settings.run.seed)
+    """The model (initialised from `[run] seed`), optimizer and schedule of a run."""
+    seed_everything(settings.run.seed)
     model = make_model(settings.model, settings.data.T, in_shape(splits.train_set))
     model = model.to(ctx.device)
     optimizer = make_optimizer(model, settings.optim)

@@ -185,11 +185,11 @@ class CIFAR10DVS(EventFrames):
     """CIFAR10-DVS from `root/<class name>/*.aedat` (airplane ... truck; 128x128 DVS128).
 
     The data set has no official test set; `split` picks one of the two used in the literature:
-    `"random-9:1"` holds out a seeded, stratified random 10% of each class (as in Wu et al.
-    2019); `"first-100-test"` holds out the first 100 recordings of each class in file-number
-    order (every class needs more than 100). The split is made from the file listing, before
-    unusable recordings are left out, so a file never moves between training and test.
-    `size=42` gives the paper's 42x42 frames.
+    `"random-9:1"` holds out a seeded, stratified random 10% of each class (our seeded version
+    of the 9:1 split reported in the literature); `"first-100-test"` holds out the first 100
+    recordings of each class in file-number order (every class needs more than 100). The split
+    is made from the file listing, before unusable recordings are left out, so a file never
+    moves between training and test. `size=42` (the default) gives 42x42 frames.
     """
 
     def __init__(

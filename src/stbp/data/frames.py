@@ -21,7 +21,8 @@ def events_to_frames(
     equal duration between the first and last event, `split="number"` T bins of (nearly) equal
     event count. Channel 0 counts OFF events (p = 0), channel 1 ON events (p = 1). `size`
     downsamples to (H, W) by summing the events of the sensor pixels that fall on each output
-    pixel (e.g. CIFAR10-DVS 128x128 -> 42x42 as in Wu et al. 2019). `binary` clips counts to 0/1.
+    pixel (e.g. CIFAR10-DVS 128x128 -> 42x42, as the `dvs-cifar10` config does). `binary`
+    clips counts to 0/1.
     """
     check_framing(T, split, size)
     height, width = sensor_size
