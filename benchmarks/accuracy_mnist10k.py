@@ -27,8 +27,9 @@ from torch import nn
 from stbp.config import DataSettings, ModelSettings, load_config, merge
 from stbp.data.mnist10k import random_affine, random_shift
 from stbp.datasets import make_splits
+from stbp.devices import autocast, resolve_precision
 from stbp.runs import run_training
-from stbp.train import autocast, make_model, resolve_precision
+from stbp.train import make_model
 
 
 def train_ann(config: dict, epochs: int, seed: int) -> tuple[float, float]:

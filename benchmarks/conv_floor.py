@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import stbp
-from stbp.train import reuse_freed_memory
+from stbp.devices import reuse_freed_memory
 
 
 def _median_ms(fn, repeats: int) -> float:

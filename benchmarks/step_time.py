@@ -76,7 +76,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
 
 
 def _reuse_freed_memory() -> None:
-    """The allocator setting of `stbp train` (`stbp.train.reuse_freed_memory`), given to every
+    """The allocator setting of `stbp train` (`stbp.devices.reuse_freed_memory`), given to every
     row alike (this file also runs in the peers' environment, without stbp)."""
     if os.environ.get("STBP_MALLOC") != "default":
         libc = ctypes.CDLL("libc.so.6")

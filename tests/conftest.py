@@ -1,14 +1,27 @@
-"""Test-wide settings: the eager LIF kernels (one test checks the compiled ones explicitly),
-so the suite pays no torch.compile start-up per time-window length."""
+"""Test-wide settings: the eager LIF kernels (the tests that check the compiled ones turn them
+on themselves), so the suite pays no torch.compile start-up per time-window length; and the
+`device` fixture, which runs a test on every device present."""
 
 import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("STBP_COMPILE", "0")
 
 DATA = Path(__file__).parent / "data"
+
+NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+# Every test that takes `device` runs on the CPU and on CUDA; without a CUDA device the cuda
+# case is listed as skipped rather than left out, so a CPU-only run shows what it did not test.
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=NO_CUDA)]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """The device a test runs on: the CPU, then CUDA (skipped where there is none)."""
+    return torch.device(request.param)
 
 
 @pytest.fixture

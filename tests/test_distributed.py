@@ -1,8 +1,10 @@
-"""Data parallelism: 2 gloo processes under torchrun match one process with the same batch."""
+"""Data parallelism: 2 gloo processes under torchrun match one process with the same batch,
+and a killed run of 2 processes resumes to the same weights as an uninterrupted one."""
 
 import os
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -47,3 +49,54 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         torch.testing.assert_close(ddp["model"][name], tensor, atol=1e-5, rtol=1e-4)
     assert ddp["history"][0]["test_acc"] == single["history"][0]["test_acc"]
     assert abs(ddp["history"][0]["train_loss"] - single["history"][0]["train_loss"]) < 1e-5
+
+
+def position(path):
+    """(epochs done, steps done in the next epoch) of the checkpoint at `path`."""
+    try:
+        state = ck.load_checkpoint(path)
+    except ck.CheckpointError:
+        return (0, 0)
+    return state["epoch"], state.get("step", 0)
+
+
+def test_a_killed_ddp_run_resumes_bit_identical(tmp_path):
+    """Dropout and augmentation draw different numbers on each process; every process's
+    states are saved at every step and each restores its own."""
+    config = merge(load_config("demo"), {
+        "run": {"epochs": 2, "device": "cpu", "max_steps_per_epoch": 20, "eval_batch_size": 100,
+                "precision": "fp32", "checkpoint_every": 1},
+        "data": {"T": 2, "n_train": 9800, "augment_shift": 2, "val_fraction": 0.0},
+        "model": {"spec": "8C3(Enc)-AP2-16FC-Voting", "dropout": 0.5},
+        "optim": {"batch_size": 16},
+    })  # fmt: skip
+    path = tmp_path / "tiny.toml"
+    path.write_text(to_toml(config))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "stbp", "train", "--config", str(path), "--out"]  # fmt: skip
+    done = subprocess.run([*torchrun, str(tmp_path / "whole")], env=ENV, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "stopped"
+    run = subprocess.Popen([*torchrun, str(out)], env=ENV, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)  # fmt: skip
+    while position(out / "last.pt") < (0, 3):
+        assert run.poll() is None
+        time.sleep(0.01)
+    run.terminate()  # torchrun stops its processes wherever they are
+    run.wait(timeout=60)
+    stopped = ck.load_checkpoint(out / "last.pt")
+    assert (stopped["epoch"], 0) < (2, stopped["step"])  # it stopped before the end
+    mine = [entry["totals"] for entry in stopped["ranks"]]
+    assert len(mine) == 2 and mine[0] != mine[1] and stopped["partial"]["totals"] == mine[0]
+    done = subprocess.run([*torchrun, str(out), "--resume"], env=ENV, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    whole, resumed = (ck.load_checkpoint(p / "last.pt") for p in (tmp_path / "whole", out))
+    for name, tensor in whole["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+    for a, b in zip(whole["history"], resumed["history"], strict=True):
+        a.pop("epoch_seconds"), b.pop("epoch_seconds")
+        assert a == b
+    torch_states = [entry["rng"]["torch"] for entry in resumed["ranks"]]
+    assert not torch.equal(*torch_states)  # each process drew from its own seed

@@ -6,65 +6,71 @@ from stbp.functional import neunorm
 from stbp.neunorm import neunorm_reference
 
 
-def test_neunorm_matches_hand_computed_example():
+def test_neunorm_matches_hand_computed_example(device):
     # T=2, B=1, F=2 feature maps, 1x2 positions; k=0.5 so v = F(1-k) = 1 and v/F^2 = 0.25
     o = torch.tensor(
         [
             [[[[1.0, 0.0]], [[1.0, 1.0]]]],  # t=0: sum over f = [2, 1] -> x0 = [0.5, 0.25]
             [[[[0.0, 0.0]], [[1.0, 0.0]]]],  # t=1: sum = [1, 0] -> x1 = [0.5, 0.125]
-        ]
+        ],
+        device=device,
     )
-    alpha = torch.ones(2, 1, 2)
+    alpha = torch.ones(2, 1, 2, device=device)
     alpha[1, 0, 1] = 2.0
     expected = torch.tensor(
         [
             [[[[0.5, -0.25]], [[0.5, 0.5]]]],
             [[[[-0.5, -0.125]], [[0.5, -0.25]]]],
-        ]
+        ],
+        device=device,
     )
     torch.testing.assert_close(neunorm(o, alpha, k=0.5), expected)
 
 
 @pytest.mark.parametrize("v", [None, 0.2, 3.0])  # ours, SpikingJelly's 1 - k, another
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fused_gradients_equal_plain_autograd(channels_last, v):
+def test_fused_gradients_equal_plain_autograd(channels_last, v, device):
     o = (torch.rand(5, 3, 4, 6, 7, dtype=torch.float64) < 0.3).double()
+    alpha = torch.rand(4, 6, 7, dtype=torch.float64) - 0.3  # some < 0
+    grad = torch.randn(5, 3, 4, 6, 7, dtype=torch.float64)
+    o_ref, alpha_ref = o.clone().requires_grad_(), alpha.clone().requires_grad_()
+    ref = neunorm_reference(o_ref, alpha_ref, k=0.8, v=v)  # float64 on the CPU
+    o, alpha = o.to(device), alpha.to(device).requires_grad_()
     if channels_last:
         o = o.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (5, 3))
     o.requires_grad_()
-    alpha = (torch.rand(4, 6, 7, dtype=torch.float64) - 0.3).requires_grad_()  # some < 0
-    grad = torch.randn(5, 3, 4, 6, 7, dtype=torch.float64)
-    fused, ref = neunorm(o, alpha, k=0.8, v=v), neunorm_reference(o, alpha, k=0.8, v=v)
-    torch.testing.assert_close(fused, ref, rtol=0, atol=1e-12)
+    fused = neunorm(o, alpha, k=0.8, v=v)
+    assert fused.device.type == device.type
+    torch.testing.assert_close(fused.cpu(), ref, rtol=0, atol=1e-12)
     for a, b in zip(
-        torch.autograd.grad(fused, (o, alpha), grad),
-        torch.autograd.grad(ref, (o, alpha), grad),
+        torch.autograd.grad(fused, (o, alpha), grad.to(device)),
+        torch.autograd.grad(ref, (o_ref, alpha_ref), grad),
         strict=True,
     ):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        torch.testing.assert_close(a.cpu(), b, rtol=0, atol=1e-12)
 
 
-def test_auxiliary_neuron_tracks_mean_rate():
-    o = (torch.rand(200, 1, 8, 3, 3) < 0.3).float()
-    out = neunorm(o, torch.ones(8, 3, 3), k=0.9)
+def test_auxiliary_neuron_tracks_mean_rate(device):
+    o = (torch.rand(200, 1, 8, 3, 3, device=device) < 0.3).float()
+    out = neunorm(o, torch.ones(8, 3, 3, device=device), k=0.9)
     x = (o - out)[-50:]  # alpha = 1: what was subtracted is x itself
     assert abs(x.mean().item() - 0.3) < 0.05
 
 
-def test_module_has_trainable_per_position_weights():
-    layer = stbp.NeuNorm(4, 5, 6)
+def test_module_has_trainable_per_position_weights(device):
+    layer = stbp.NeuNorm(4, 5, 6).to(device)
     assert layer.alpha.shape == (4, 5, 6) and layer.alpha.requires_grad
-    o = (torch.rand(3, 2, 4, 5, 6) < 0.5).float()
+    o = (torch.rand(3, 2, 4, 5, 6, device=device) < 0.5).float()
     layer(o).sum().backward()
     assert layer.alpha.grad.abs().sum() > 0
 
 
-def test_network_with_neunorm_inserts_it_after_conv_lifs():
-    model = stbp.build("4C3(Enc)-AP2-8C3-8FC-Voting", (1, 8, 8), T=2, neunorm=True)
+def test_network_with_neunorm_inserts_it_after_conv_lifs(device):
+    model = stbp.build("4C3(Enc)-AP2-8C3-8FC-Voting", (1, 8, 8), T=2, neunorm=True).to(device)
     names = [n for n, _ in model.layers.named_children()]
     assert names.index("neunorm_conv1") == names.index("lif_conv1") + 1
     assert "neunorm_conv2" in names and not any(n.startswith("neunorm_fc") for n in names)
-    assert model(torch.rand(3, 1, 8, 8)).shape == (3, 10)
+    assert model(torch.rand(3, 1, 8, 8, device=device)).shape == (3, 10)
 
 
 # ------------------------------------------------------------------ the two readings of v
@@ -79,19 +85,21 @@ def _spikingjelly_recursion(o, alpha, k):
     return torch.stack(out)
 
 
-def test_spikingjelly_reading_drives_the_auxiliary_neuron_with_one_minus_k_over_f_squared():
+def test_spikingjelly_reading_drives_the_auxiliary_neuron_with_one_minus_k_over_f_squared(
+    device,
+):
     torch.manual_seed(0)
-    layer = stbp.NeuNorm.from_reading("spikingjelly", 4, 3, 5, k=0.7)
+    layer = stbp.NeuNorm.from_reading("spikingjelly", 4, 3, 5, k=0.7).to(device)
     assert layer.v == pytest.approx(0.3)
-    o = (torch.rand(6, 2, 4, 3, 5) < 0.4).float()
+    o = (torch.rand(6, 2, 4, 3, 5, device=device) < 0.4).float()
     with torch.no_grad():
         torch.testing.assert_close(layer(o), _spikingjelly_recursion(o, layer.alpha, 0.7))
 
 
-def test_our_reading_drives_it_with_one_minus_k_times_the_mean():
-    layer = stbp.NeuNorm.from_reading("stbp", 4, 3, 5, k=0.7)
-    assert layer.v is None and torch.equal(layer.alpha, torch.ones(4, 3, 5))
-    o = (torch.rand(6, 2, 4, 3, 5) < 0.4).float()
+def test_our_reading_drives_it_with_one_minus_k_times_the_mean(device):
+    layer = stbp.NeuNorm.from_reading("stbp", 4, 3, 5, k=0.7).to(device)
+    assert layer.v is None and torch.equal(layer.alpha, torch.ones(4, 3, 5, device=device))
+    o = (torch.rand(6, 2, 4, 3, 5, device=device) < 0.4).float()
     x, expected = 0.0, []
     for o_t in o:
         x = 0.7 * x + 0.3 * o_t.mean(dim=1, keepdim=True)

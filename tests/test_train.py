@@ -11,8 +11,9 @@ from stbp import PAPER_NETWORKS
 from stbp import checkpoint as ck
 from stbp.cli import main
 from stbp.config import Settings, config_names, load_config, merge, to_toml
+from stbp.devices import resolve_precision
 from stbp.runs import run_training
-from stbp.train import make_model, resolve_precision
+from stbp.train import make_model
 
 TINY_SPEC = "8C3(Enc)-AP2-16FC-Voting"
 
@@ -177,7 +178,7 @@ def test_every_config_trains_one_step_on_tiny_data(name, tiny_data, tmp_path):
 def test_freed_memory_is_reused_unless_told_not_to(monkeypatch):
     import sys
 
-    from stbp.train import reuse_freed_memory
+    from stbp.devices import reuse_freed_memory
 
     monkeypatch.setenv("STBP_MALLOC", "default")
     assert reuse_freed_memory() is False

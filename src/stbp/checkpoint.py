@@ -209,28 +209,73 @@ def check_same_network(state: dict, build_args: dict, path: str | Path) -> None:
         )
 
 
-def rng_states() -> dict:
-    """Python, numpy, torch and CUDA RNG states, as weights_only-loadable values."""
+class RNGStateWarning(CheckpointWarning):
+    """A saved RNG state cannot be restored where the run resumes (another device, another
+    number of processes): the run goes on, but its random numbers differ from an
+    uninterrupted run's from there on."""
+
+
+def rng_states(device: str | torch.device | None = None) -> dict:
+    """Python, numpy and torch RNG states, as weights_only-loadable values, and the CUDA
+    generator's state of the training `device` when it is a CUDA device (`None`: the current
+    CUDA device, if there is one). Other GPUs' generators are not saved: a process trains on
+    one device, and a resume may see fewer GPUs."""
     np_state = np.random.get_state()
     states = {
         "python": random.getstate(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    index = _cuda_index(device)
+    if index is not None:
+        states["cuda"] = torch.cuda.get_rng_state(index)
     return states
 
 
-def set_rng_states(states: dict) -> None:
-    """Restore what `rng_states` saved."""
+def set_rng_states(states: dict, device: str | torch.device | None = None) -> None:
+    """Restore what `rng_states` saved; the CUDA state goes to the training `device` (`None`:
+    the current CUDA device, if there is one).
+
+    A CUDA state with nowhere to go (the run resumes on the CPU) or a CUDA device without a
+    saved state (the run trained on the CPU) is left out with an `RNGStateWarning`. Older
+    checkpoints hold one state per GPU the saving process saw; the first is restored (a
+    single process, and rank 0, trained on `cuda:0`)."""
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
     name, key, *rest = states["numpy"]
     np.random.set_state((name, key.numpy(), *rest))
     torch.set_rng_state(states["torch"].cpu())
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+    saved, index = states.get("cuda"), _cuda_index(device)
+    if isinstance(saved, (list, tuple)):  # earlier stbp: one state per GPU the process saw
+        saved = saved[0] if saved else None
+    if saved is not None and index is not None:
+        torch.cuda.set_rng_state(saved.cpu(), index)
+    elif saved is not None:
+        warnings.warn(
+            "the checkpoint's CUDA RNG state is not restored: the run now trains on the CPU, "
+            "so its random numbers differ from the saved run's",
+            RNGStateWarning,
+            stacklevel=2,
+        )
+    elif index is not None:
+        warnings.warn(
+            f"the checkpoint holds no CUDA RNG state (it was saved by a run on the CPU): "
+            f"cuda:{index} keeps the generator seeded at the start, so random numbers on the "
+            "GPU (dropout masks) differ from an uninterrupted run's",
+            RNGStateWarning,
+            stacklevel=2,
+        )
+
+
+def _cuda_index(device: str | torch.device | None) -> int | None:
+    """The CUDA device index of `device` (`None`: the current one), or `None` if `device` is
+    not a CUDA device or torch sees none."""
+    if device is None:
+        return torch.cuda.current_device() if torch.cuda.is_available() else None
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def write_run_files(

@@ -21,8 +21,9 @@ from stbp.config import (
 )
 from stbp.data import FormatError
 from stbp.datasets import stored_test_set
+from stbp.devices import resolve_precision
 from stbp.runs import Interrupted, run_training
-from stbp.train import Diverged, evaluate, resolve_precision
+from stbp.train import Diverged, evaluate
 
 
 def resolve_config(args: argparse.Namespace) -> dict:
@@ -140,6 +141,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--max-steps-per-epoch", type=int, help="cut epochs short (smoke runs)")
     p.add_argument("--checkpoint-every", type=int, help="also save last.pt every N steps")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="repeatable CUDA runs: deterministic algorithms, TF32 off (slower)")
     p.add_argument("--out", type=Path, help="run folder (default runs/<config>-<timestamp>)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true",

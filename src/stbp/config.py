@@ -36,6 +36,7 @@ class RunSettings:
     workers: int = 2  # data-loader worker processes for event data
     checkpoint_every: int = 0  # also save last.pt every this many steps inside an epoch (0: off)
     checkpoint_minutes: float = 10.0  # ... and every this many minutes inside an epoch (0: off)
+    deterministic: bool = False  # repeatable CUDA runs: deterministic algorithms, TF32 off (slower)
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ FLAG_KEYS = {  # `stbp train` flags (by argparse name) and the keys they set
     "precision": ("run", "precision"),
     "max_steps_per_epoch": ("run", "max_steps_per_epoch"),
     "checkpoint_every": ("run", "checkpoint_every"),
+    "deterministic": ("run", "deterministic"),
     "T": ("data", "T"),
     "data_dir": ("data", "dir"),
     "val_fraction": ("data", "val_fraction"),

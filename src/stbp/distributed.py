@@ -6,21 +6,29 @@ gradients are averaged by `DistributedDataParallel`, metrics are summed by `all_
 rank 0 writes files and prints.
 
 Batches: in-memory image sets (`MNIST10k`, `CIFAR10`) are indexed as tensors, a whole batch at
-a time, and augmented on the batch; event sets go through a `DataLoader` with worker processes
-(pinned memory on CUDA). Each epoch's order comes from a generator seeded by (seed, epoch), so
-a resumed run sees the same batches as an uninterrupted one, and each process takes a
-contiguous share of every global batch.
+a time; event sets go through one `DataLoader` whose worker processes live as long as the run.
+Batches travel to the device as stored (uint8 pixels; event counts as uint8 where they fit),
+from pinned memory on CUDA, and are converted and augmented there. Each epoch's order comes from
+a generator seeded by (seed, epoch), so a resumed run sees the same batches as an uninterrupted
+one, and each process takes a contiguous share of every global batch.
+
+Random numbers: every process starts from the run's seed (so the model starts the same
+everywhere), then each process other than rank 0 reseeds with `rank_seed(seed, rank)`, so the
+processes draw different dropout masks. Saving a checkpoint gathers every process's RNG states
+on rank 0 (`gather_object`), and a time-based save is decided by rank 0 for all (`agree`).
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from stbp.config import ConfigError, DataSettings
 from stbp.data import CIFAR10, MNIST10k
@@ -89,6 +97,39 @@ def broadcast_object(ctx: Context, value):
     return box[0]
 
 
+def gather_object(ctx: Context, value) -> list | None:
+    """Every process's `value` (tensors and plain values) in rank order on rank 0, `None` on the
+    others (`[value]` on one process). A collective: every process calls it at the same point
+    of the run. Sent as `torch.save` bytes, read back with `weights_only=True`."""
+    if not ctx.distributed:
+        return [value]
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    gathered = [None] * ctx.world if ctx.is_main else None
+    dist.gather_object(buffer.getvalue(), gathered, dst=0)
+    if gathered is None:
+        return None
+    return [torch.load(io.BytesIO(data), weights_only=True) for data in gathered]
+
+
+def agree(ctx: Context, flag: bool) -> bool:
+    """Rank 0's `flag` on every process (a collective), for decisions that must not differ
+    between processes, such as one taken from a clock."""
+    if not ctx.distributed:
+        return flag
+    box = torch.tensor([int(flag)], device=ctx.device)  # nccl sends device tensors only
+    dist.broadcast(box, src=0)
+    return bool(box.item())
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of process `rank`'s training random numbers: `seed` for rank 0 (so that one
+    process draws what it always drew), a 32-bit seed mixed from (seed, rank) for the others."""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
 def shard(indices: torch.Tensor, ctx: Context) -> torch.Tensor:
     """This process's contiguous share of one global batch of indices."""
     if not ctx.distributed:
@@ -121,7 +162,13 @@ def eval_batches(indices: int | torch.Tensor, batch_size: int, ctx: Context) -> 
 
 
 class Batches:
-    """Yields `(x, labels)` on the device for a list of index batches of one data set."""
+    """Yields `(x, labels)` on the device for a list of index batches of one data set.
+
+    A batch travels as stored (uint8 pixels; event counts as uint8 where they fit), from pinned
+    memory on CUDA without waiting, and is converted and augmented on the device. The
+    augmentation's random numbers are drawn on the CPU from the generator passed in, batch by
+    batch as the batches are taken, so they are the same on every device, and the generator's
+    state after a step is what a mid-epoch checkpoint needs to resume."""
 
     def __init__(self, dataset: Dataset, data: DataSettings | None, workers: int, ctx: Context,
                  train: bool):  # fmt: skip
@@ -133,40 +180,87 @@ class Batches:
         self.scale = data.augment_scale if train else 0.0
         self.workers = workers
         self.in_memory = isinstance(dataset, (MNIST10k, CIFAR10))
+        self.pin = ctx.device.type == "cuda"
+        self._passes = _BatchList()  # what the kept DataLoader of an event set reads next
+        self._loader: DataLoader | None = None
 
     def __call__(self, batches: list, generator: torch.Generator | None = None) -> Iterator:
         local = [shard(b, self.ctx) for b in batches]
-        source = (self._tensors if self.in_memory else self._loader)(local, generator)
-        for x, y in source:
-            yield x.to(self.ctx.device, non_blocking=True), y.to(self.ctx.device, non_blocking=True)
+        yield from (self._images if self.in_memory else self._frames)(local, generator)
 
-    def _tensors(self, batches: list, generator: torch.Generator | None) -> Iterator:
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` on the device; on CUDA from pinned memory, so the host does not wait."""
+        if self.pin and not tensor.is_pinned():
+            tensor = tensor.pin_memory()
+        return tensor.to(self.ctx.device, non_blocking=True)
+
+    def _images(self, batches: list, generator: torch.Generator | None) -> Iterator:
         ds = self.dataset
+        stored = ds.pixels if isinstance(ds, MNIST10k) else ds.images
         for idx in batches:
-            x = ds.images[idx]
-            if x.dtype == torch.uint8:
-                x = x.float().div_(255.0)
-            if self.rotate or self.scale:
-                x = random_affine(x, self.rotate, self.scale, generator)
-            if self.shift:
-                x = random_shift(x, self.shift, generator)
-            if self.flip:
-                flips = torch.rand(len(x), generator=generator) < 0.5
-                x = torch.where(flips[:, None, None, None], x.flip(-1), x)
-            if isinstance(ds, CIFAR10):
-                x = (x - ds.mean) / ds.std
-            yield x, ds.labels[idx]
+            x = self.to_device(stored[idx])
+            yield self._augment_images(x, generator), self.to_device(ds.labels[idx])
 
-    def _loader(self, batches: list, generator: torch.Generator | None) -> Iterator:
-        loader = DataLoader(
-            self.dataset, batch_sampler=[b.tolist() for b in batches],
-            num_workers=self.workers, pin_memory=self.ctx.device.type == "cuda",
-            generator=torch.Generator(),  # so that starting the workers leaves torch's RNG alone
-        )  # fmt: skip
-        for x, y in loader:
+    def _augment_images(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        if self.rotate or self.scale:
+            x = random_affine(x, self.rotate, self.scale, generator)
+        if self.shift:
+            x = random_shift(x, self.shift, generator)
+        if self.flip:
+            flips = torch.rand(len(x), generator=generator) < 0.5
+            flips = flips.to(x.device, non_blocking=True)
+            x = torch.where(flips[:, None, None, None], x.flip(-1), x)
+        if isinstance(self.dataset, CIFAR10):
+            ds = self.dataset
+            x = (x - ds.mean.to(x.device)) / ds.std.to(x.device)
+        return x
+
+    def _frames(self, batches: list, generator: torch.Generator | None) -> Iterator:
+        self._passes.batches = [b.tolist() for b in batches]
+        for x, y in self.event_loader():
+            x, y = self.to_device(x).float(), self.to_device(y)
             if self.shift:  # one shift per recording, the same for all its frames
                 x = random_shift(x.flatten(1, 2), self.shift, generator).view(x.shape)
             yield x.transpose(0, 1), y  # [B, T, C, H, W] -> [T, B, C, H, W]
+
+    def event_loader(self) -> DataLoader:
+        """The `DataLoader` of an event set, made once: its workers stay alive between passes
+        (epochs), each pass reading the batches it is given."""
+        if self._loader is None:
+            self._loader = DataLoader(
+                self.dataset, batch_sampler=self._passes, num_workers=self.workers,
+                persistent_workers=self.workers > 0, pin_memory=self.pin,
+                collate_fn=collate_compact,
+                generator=torch.Generator(),  # starting the workers leaves torch's RNG alone
+            )  # fmt: skip
+        return self._loader
+
+
+class _BatchList:
+    """The batch sampler of a kept `DataLoader`: the index batches of the current pass."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def collate_compact(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """`default_collate` of `(frames, label)` samples, with the frames as uint8 when every
+    value is a whole number in 0..255 (event counts usually are): the same values in a quarter
+    of the bytes of float32, across the worker pipe and to the device."""
+    x, y = default_collate(samples)
+    if x.is_floating_point() and x.numel():
+        low, high = torch.aminmax(x)
+        if low >= 0 and high <= 255 and torch.equal(x, x.trunc()):
+            x = x.to(torch.uint8)
+    return x, y
 
 
 def rank() -> int:

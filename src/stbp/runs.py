@@ -6,7 +6,9 @@ started), `last.pt` and `best.pt` (atomic checkpoints), `metrics.csv`, `curves.p
 `overwrite` it), and a lock keeps two processes out of one folder. `last.pt` is written at
 the end of every epoch and, inside an epoch, every `[run] checkpoint_every` steps or
 `checkpoint_minutes` minutes and on Ctrl-C, so a run killed at any point resumes from its
-last checkpoint and, on a CPU, ends bit-identical to an uninterrupted run.
+last checkpoint and, on a CPU, ends bit-identical to an uninterrupted run. Under torchrun a
+checkpoint holds every process's random states (and its running totals inside an epoch), and
+each process restores its own.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import re
 import signal
 import sys
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,14 +35,14 @@ from stbp import checkpoint as ck
 from stbp import distributed as dd
 from stbp.config import ConfigError, Settings, absolute_paths, to_toml
 from stbp.datasets import Splits, in_shape, make_splits
+from stbp.devices import deterministic, resolve_precision, reuse_freed_memory
 from stbp.train import (
+    CHECK_EVERY,
     Progress,
     Trainer,
     make_model,
     make_optimizer,
     make_schedule,
-    resolve_precision,
-    reuse_freed_memory,
     run_epoch,
 )
 
@@ -50,7 +53,7 @@ PROGRESS_SECONDS = 30.0  # a plain progress line this often when the output is n
 # Keys that may differ between a checkpoint's config and the config it is resumed with.
 RESUMABLE_CHANGES = {
     "run": {"name", "description", "epochs", "device", "precision", "eval_batch_size", "workers",
-            "checkpoint_every", "checkpoint_minutes"},
+            "checkpoint_every", "checkpoint_minutes", "deterministic"},
     "data": {"dir", "cache_dir", "strict"},
 }  # fmt: skip
 
@@ -186,23 +189,39 @@ def latest_folder(name: str, root: Path = Path("runs")) -> RunFolder:
 # ---------------------------------------------------------------------- checkpoint state
 
 
-def checkpoint_state(trainer: Trainer, config: dict) -> dict:
+def rank_states(trainer: Trainer) -> list[dict] | None:
+    """Every process's RNG states, epoch generator state and running totals (what differs
+    between processes), in rank order on rank 0, `None` on the others. Under torchrun a
+    collective: every process calls it at the same step."""
     p = trainer.progress
-    return {
+    mine = {"rng": ck.rng_states(trainer.ctx.device), "generator": p.generator,
+            "totals": list(p.totals)}  # fmt: skip
+    return dd.gather_object(trainer.ctx, mine)
+
+
+def checkpoint_state(trainer: Trainer, config: dict, ranks: list[dict] | None = None) -> dict:
+    """What `last.pt` and `best.pt` hold; `ranks` from `rank_states` (default: this process's
+    own, for a single process)."""
+    p = trainer.progress
+    ranks = ranks if ranks is not None else rank_states(trainer)
+    state = {
         "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "schedule": trainer.schedule.state_dict(),
         "epoch": p.epoch,
         "step": p.step,
-        "partial": {"totals": p.totals, "seconds": p.epoch_seconds, "generator": p.generator}
-        if p.step else None,
-        "rng": ck.rng_states(),
+        "partial": {"totals": ranks[0]["totals"], "seconds": p.epoch_seconds,
+                    "generator": ranks[0]["generator"]} if p.step else None,
+        "rng": ranks[0]["rng"],
         "build_args": trainer.model.build_args,
         "config": config,
         "history": p.history,
         "best": p.best,
         "seconds": p.seconds,
-    }
+    }  # fmt: skip
+    if len(ranks) > 1:
+        state["ranks"] = ranks
+    return state
 
 
 def restore(trainer: Trainer, state: dict, path: Path) -> None:
@@ -210,14 +229,41 @@ def restore(trainer: Trainer, state: dict, path: Path) -> None:
     ck.load_weights(trainer.model, state["model"], path)
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.schedule.load_state_dict(state["schedule"])
-    partial = state.get("partial") or {}
+    ctx = trainer.ctx
+    mine = own_rank_states(state, ctx, path)
     trainer.progress = Progress(
         epoch=state["epoch"], step=state.get("step", 0),
-        totals=list(partial.get("totals", [0.0, 0.0, 0.0])),
-        epoch_seconds=partial.get("seconds", 0.0), generator=partial.get("generator"),
+        totals=list(mine["totals"]) if mine else [0.0, 0.0, 0.0],
+        epoch_seconds=(state.get("partial") or {}).get("seconds", 0.0),
+        generator=mine["generator"] if mine else None,
         history=state["history"], best=state["best"], seconds=state["seconds"],
     )  # fmt: skip
-    ck.set_rng_states(state["rng"])
+    if mine is not None:
+        with warnings.catch_warnings():
+            if not ctx.is_main:  # the same words from every process would say nothing more
+                warnings.simplefilter("ignore", ck.RNGStateWarning)
+            ck.set_rng_states(mine["rng"], ctx.device)
+
+
+def own_rank_states(state: dict, ctx: dd.Context, path: Path) -> dict | None:
+    """This process's entry of `rank_states` in a checkpoint, or `None` when the checkpoint
+    has none for its rank (it then keeps the fresh states of `rank_seed`). An `RNGStateWarning`
+    when the run resumes with another number of processes than it saved with."""
+    partial = state.get("partial") or {}
+    saved = state.get("ranks") or [{"rng": state["rng"], "generator": partial.get("generator"),
+                                    "totals": partial.get("totals", [0.0, 0.0, 0.0])}]  # fmt: skip
+    if len(saved) != ctx.world and ctx.is_main:
+        kept = min(len(saved), ctx.world)
+        warnings.warn(
+            f"{path} was saved by {len(saved)} process(es) and resumes with {ctx.world}: "
+            f"ranks 0..{kept - 1} restore their own random states, "
+            + ("the others start from fresh ones" if ctx.world > kept else
+               f"the states of ranks {kept}..{len(saved) - 1} are left out")
+            + "; the run goes on, but not as an uninterrupted run would",
+            ck.RNGStateWarning,
+            stacklevel=2,
+        )  # fmt: skip
+    return saved[ctx.rank] if ctx.rank < len(saved) else None
 
 
 def setting_differences(stored: dict, config: dict) -> list[str]:
@@ -252,7 +298,9 @@ def seed_everything(seed: int) -> None:
 
 
 def make_trainer(settings: Settings, ctx: dd.Context, splits: Splits) -> Trainer:
-    """The model (initialised from `[run] seed`), optimizer and schedule of a run."""
+    """The model (initialised from `[run] seed`, the same on every process), optimizer and
+    schedule of a run; then every process but rank 0 reseeds with `rank_seed`, so that the
+    processes draw different dropout masks."""
     seed_everything(settings.run.seed)
     model = make_model(settings.model, settings.data.T, in_shape(splits.train_set))
     model = model.to(ctx.device)
@@ -260,6 +308,8 @@ def make_trainer(settings: Settings, ctx: dd.Context, splits: Splits) -> Trainer
     trainer = Trainer(settings, ctx, model, model, optimizer, None, splits)
     trainer.schedule = make_schedule(optimizer, settings.optim, trainer.steps_per_epoch,
                                      settings.run.epochs)  # fmt: skip
+    if ctx.rank:
+        seed_everything(dd.rank_seed(settings.run.seed, ctx.rank))
     return trainer
 
 
@@ -283,14 +333,29 @@ class Checkpointer:
         self.interrupted = False
         self.bar = None
         self.reported_at = time.monotonic()
+        self.agreed = (-1, False)  # (steps done, rank 0's verdict) of the last `agree`
 
     def due(self, steps_done: int) -> bool:
         run = self.trainer.settings.run
         every = run.checkpoint_every and steps_done - self.saved_step >= run.checkpoint_every
-        late = run.checkpoint_minutes and time.monotonic() - self.saved_at >= 60 * (
-            run.checkpoint_minutes
-        )
-        return bool(every or late or self.interrupted)
+        return bool(every or self.late(steps_done) or self.interrupted)
+
+    def late(self, steps_done: int) -> bool:
+        """Whether `checkpoint_minutes` have passed since the last save. Under torchrun saving
+        is a collective and the processes' clocks differ, so rank 0's clock decides for all,
+        every `CHECK_EVERY` steps (one broadcast, next to the NaN check's sync)."""
+        minutes = self.trainer.settings.run.checkpoint_minutes
+        if not minutes:
+            return False
+        late = time.monotonic() - self.saved_at >= 60 * minutes
+        ctx = self.trainer.ctx
+        if not ctx.distributed:
+            return late
+        if steps_done % CHECK_EVERY:
+            return False
+        if self.agreed[0] != steps_done:  # `due` is asked twice at a checked step
+            self.agreed = (steps_done, dd.agree(ctx, late))
+        return self.agreed[1]
 
     def __call__(self, epoch: int, steps_done: int, totals: torch.Tensor, generator) -> None:
         if self.main:
@@ -300,8 +365,9 @@ class Checkpointer:
         p = self.trainer.progress
         p.step, p.totals, p.generator = steps_done, totals.tolist(), generator.get_state()
         p.epoch_seconds = time.perf_counter() - self.epoch_start
+        ranks = rank_states(self.trainer)  # every process, at the same step
         if self.main:
-            ck.save_atomic(checkpoint_state(self.trainer, self.config), self.folder.last)
+            ck.save_atomic(checkpoint_state(self.trainer, self.config, ranks), self.folder.last)
         self.saved_step, self.saved_at = steps_done, time.monotonic()
         if self.interrupted:
             raise Interrupted(f"epoch {epoch + 1}, step {steps_done}", str(self.folder))
@@ -309,6 +375,7 @@ class Checkpointer:
     def start_epoch(self, epoch: int) -> None:
         self.epoch_start = time.perf_counter() - self.trainer.progress.epoch_seconds
         self.saved_step = self.trainer.progress.step
+        self.agreed = (-1, False)
         if self.main:
             total = self.trainer.steps_per_epoch
             epochs = self.trainer.settings.run.epochs
@@ -344,8 +411,9 @@ def train_epochs(trainer: Trainer, folder: RunFolder, config: dict) -> dict:
             row = run_epoch(trainer, epoch, hook)
             hook.end_epoch()
             improved = p.end_epoch(row)
+            ranks = rank_states(trainer)  # every process
             if trainer.ctx.is_main:
-                _save_epoch(trainer, folder, config, improved)
+                _save_epoch(trainer, folder, config, improved, ranks)
                 print_epoch(trainer, row)
             if hook.interrupted:
                 raise Interrupted(f"the end of epoch {epoch + 1}", str(folder))
@@ -371,8 +439,9 @@ class _ctrl_c:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def _save_epoch(trainer: Trainer, folder: RunFolder, config: dict, improved: bool) -> None:
-    state = checkpoint_state(trainer, config)
+def _save_epoch(trainer: Trainer, folder: RunFolder, config: dict, improved: bool,
+                ranks: list[dict]) -> None:  # fmt: skip
+    state = checkpoint_state(trainer, config, ranks)
     ck.save_atomic(state, folder.last)
     if improved:
         ck.save_atomic(state, folder.path / "best.pt")
@@ -410,6 +479,7 @@ def summary(trainer: Trainer, folder: RunFolder) -> dict:
         "device": str(trainer.ctx.device),
         "processes": trainer.ctx.world,
         "precision": s.run.precision,
+        "deterministic": s.run.deterministic,
         "torch_version": torch.__version__,
         "stbp_version": stbp.__version__,
         "seed": s.run.seed,
@@ -448,7 +518,13 @@ def _open(folder: RunFolder, ctx: dd.Context, resume: bool, overwrite: bool) -> 
 
 def run_training(config: dict, out: str | Path | None = None, resume: bool = False,
                  overwrite: bool = False) -> dict:  # fmt: skip
-    """Train as `config` says (Algorithm 2) in the run folder `out`; return the summary."""
+    """Train as `config` says (Algorithm 2) in the run folder `out`; return the summary. With
+    `[run] deterministic`, under `stbp.devices.deterministic` (put back afterwards)."""
+    with deterministic(config["run"].get("deterministic", False)):
+        return _run_training(config, out, resume, overwrite)
+
+
+def _run_training(config: dict, out, resume: bool, overwrite: bool) -> dict:
     ctx = dd.setup(config["run"]["device"])
     config = absolute_paths(config)
     config["run"]["precision"] = resolve_precision(config["run"]["precision"], ctx.device)

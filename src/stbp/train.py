@@ -10,11 +10,7 @@ a validation or test set. The run folder, checkpoints and commands live in `stbp
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import math
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -26,6 +22,7 @@ import stbp
 from stbp import distributed as dd
 from stbp.config import ConfigError, ModelSettings, OptimSettings, Settings
 from stbp.datasets import Splits
+from stbp.devices import autocast
 from stbp.models import SNN
 from stbp.neuron import LIFParameters
 
@@ -33,11 +30,11 @@ __all__ = [
     "Diverged",
     "Progress",
     "Trainer",
+    "augmentation_generator",
     "evaluate",
     "make_model",
     "make_optimizer",
     "make_schedule",
-    "resolve_precision",
     "train_one_epoch",
     "train_step",
 ]
@@ -89,10 +86,13 @@ def make_optimizer(model: nn.Module, optim: OptimSettings) -> torch.optim.Optimi
 
 
 def _fused(optimizer: type, params, **kwargs) -> torch.optim.Optimizer:
+    """`optimizer(params, fused=True, **kwargs)`, or the plain one where there is no fused
+    kernel for the device or dtype (RuntimeError) or no `fused` argument at all (TypeError, as
+    SGD in older torch)."""
     params = list(params)
     try:
         return optimizer(params, fused=True, **kwargs)
-    except RuntimeError:  # no fused kernel for this device or dtype
+    except (RuntimeError, TypeError):
         return optimizer(params, **kwargs)
 
 
@@ -110,26 +110,6 @@ def make_schedule(optimizer, optim: OptimSettings, steps_per_epoch: int, epochs:
 
 
 LOSSES = {"mse": stbp.rate_mse_loss, "ce": stbp.rate_ce_loss}
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` becomes bf16 where `device` computes it natively (CUDA with bf16, CPUs with
-    AVX512-BF16 or AMX), else fp32; elsewhere bf16 is emulated and slower than fp32."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":  # compute capability 8.0 or above; emulation does not count
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-    else:
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        native = any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-    return "bf16" if native else "fp32"
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast (CPU or CUDA) for `precision == "bf16"`, else nothing."""
-    if precision != "bf16":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 # ------------------------------------------------------------------------------- the run
@@ -224,7 +204,7 @@ def train_one_epoch(trainer: Trainer, epoch: int, on_checked_step: StepHook | No
     trainer.net.train()
     p, seed = trainer.progress, trainer.settings.run.seed
     batches = trainer.epoch_batches(epoch)
-    generator = torch.Generator().manual_seed(seed * 7919 + epoch + trainer.ctx.rank)
+    generator = augmentation_generator(seed, epoch, trainer.ctx.rank)
     if p.step and p.generator is not None:
         generator.set_state(p.generator)
     totals = torch.tensor(p.totals, dtype=torch.float64, device=trainer.ctx.device)
@@ -243,6 +223,13 @@ def train_one_epoch(trainer: Trainer, epoch: int, on_checked_step: StepHook | No
                 on_checked_step(epoch, step + 1, totals, generator)
     totals = dd.all_sum(trainer.ctx, totals).tolist()
     return {"train_loss": totals[0] / totals[2], "train_acc": totals[1] / totals[2]}
+
+
+def augmentation_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
+    """The generator of the training augmentation of epoch `epoch` on process `rank`: seeded by
+    (seed, epoch) on rank 0, as a single process always was, and by (seed, epoch, rank) on the
+    others, so that processes and epochs do not share a stream."""
+    return torch.Generator().manual_seed(dd.rank_seed(seed * 7919 + epoch, rank))
 
 
 def check_finite(trainer: Trainer, epoch: int, step: int, losses: list[torch.Tensor]) -> None:
@@ -318,22 +305,3 @@ def run_epoch(trainer: Trainer, epoch: int, on_checked_step: StepHook | None = N
 def select(row: dict) -> float:
     """The accuracy that selects the best epoch: validation's, or test's without one."""
     return row.get("val_acc", row["test_acc"])
-
-
-def reuse_freed_memory() -> bool:
-    """Let glibc keep freed memory for the next allocation instead of returning it.
-
-    A training step allocates activations of tens to hundreds of MB, which glibc serves by a
-    fresh `mmap` every time (its threshold is at most 32 MB): each page is then faulted in and
-    zeroed again at every step, which costs more than the LIF neurons themselves. With mmap
-    off and trimming deferred, freed activations are reused. Off with `STBP_MALLOC=default`;
-    returns whether the setting was applied (glibc only).
-    """
-    if os.environ.get("STBP_MALLOC") == "default" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))

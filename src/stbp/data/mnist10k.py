@@ -41,14 +41,19 @@ def split_indices(n: int, n_train: int, seed: int) -> tuple[np.ndarray, np.ndarr
 
 
 def random_shift(images: torch.Tensor, max_shift: int, generator=None) -> torch.Tensor:
-    """Translate each image of a batch [B, C, H, W] by up to `max_shift` pixels (zero fill)."""
+    """Translate each image of a batch [B, C, H, W] by up to `max_shift` pixels (zero fill).
+
+    The shifts are drawn on the CPU (from `generator`, a CPU generator) and applied on the
+    images' device, so a batch gets the same shifts on any device."""
     b, _, h, w = images.shape
+    device = images.device
     pad = torch.nn.functional.pad(images, (max_shift,) * 4)
-    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator)
-    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
-    batch = torch.arange(b)[:, None, None, None]
-    chan = torch.arange(images.shape[1])[None, :, None, None]
+    shifts = torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator)
+    dy, dx = shifts.to(device, non_blocking=True)
+    rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
+    batch = torch.arange(b, device=device)[:, None, None, None]
+    chan = torch.arange(images.shape[1], device=device)[None, :, None, None]
     return pad[batch, chan, rows, cols]
 
 
@@ -56,7 +61,8 @@ def random_affine(
     images: torch.Tensor, degrees: float, scale: float, generator=None
 ) -> torch.Tensor:
     """Rotate each image of a batch [B, C, H, W] by up to `degrees` and zoom it by a factor in
-    [1 - scale, 1 + scale] about its centre (bilinear, zero fill)."""
+    [1 - scale, 1 + scale] about its centre (bilinear, zero fill); drawn on the CPU like
+    `random_shift`, applied on the images' device."""
     b = images.shape[0]
     angle, zoom = (torch.rand(2, b, generator=generator) * 2 - 1).unbind()
     angle = angle * degrees * torch.pi / 180
@@ -64,7 +70,8 @@ def random_affine(
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     zero = torch.zeros_like(cos)
     theta = torch.stack([cos, -sin, zero, sin, cos, zero], 1).view(b, 2, 3)
-    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    theta = theta.to(images.device, images.dtype, non_blocking=True)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, align_corners=False)
 
 
@@ -72,6 +79,8 @@ class MNIST10k(Dataset):
     """Embedded MNIST digits as static images `[1, 28, 28]` in [0, 1] with integer labels.
 
     Static images go through the encoding layer, which presents them at every time step.
+    `images` holds them as float `[N, 1, 28, 28]`, `pixels` as the stored uint8 (`images` is
+    `pixels / 255`; training batches travel to the device as `pixels`).
     """
 
     def __init__(self, train: bool = True, seed: int = 0, n_train: int = N_TRAIN):
@@ -79,7 +88,8 @@ class MNIST10k(Dataset):
         check_n_train(n_train, len(labels))
         train_idx, test_idx = split_indices(len(labels), n_train, seed)
         idx = train_idx if train else test_idx
-        self.images = torch.from_numpy(images[idx]).float().div_(255.0).unsqueeze(1)
+        self.pixels = torch.from_numpy(images[idx]).unsqueeze(1)
+        self.images = self.pixels.float().div_(255.0)
         self.labels = torch.from_numpy(labels[idx])
 
     def __len__(self) -> int:
