@@ -54,11 +54,12 @@ def test_compiler_failure_warns_and_runs_eagerly(compiling):
     assert torch.equal(kernels.run(_double, torch.ones(2)), torch.full((2,), 2.0))
 
 
-def test_recompile_limit_warns_and_runs_the_new_variant_eagerly(compiling, monkeypatch):
+def test_recompile_limit_warns_and_runs_the_new_variant_eagerly(compiling):
     from torch._dynamo import config
 
-    monkeypatch.setattr(config, "recompile_limit", 1)
-    assert torch.equal(kernels.run(_steps, torch.zeros(2, 3)), torch.ones(2, 3))
-    with pytest.warns(UserWarning, match="_steps needs more than .*recompile_limit = 1"):
-        assert torch.equal(kernels.run(_steps, torch.zeros(3, 3)), torch.full((3, 3), 3.0))
+    # config.patch, not monkeypatch: monkeypatch's undo deletes the entry and hides it from torch
+    with config.patch(recompile_limit=1):
+        assert torch.equal(kernels.run(_steps, torch.zeros(2, 3)), torch.ones(2, 3))
+        with pytest.warns(UserWarning, match="_steps needs more than .*recompile_limit = 1"):
+            assert torch.equal(kernels.run(_steps, torch.zeros(3, 3)), torch.full((3, 3), 3.0))
     assert not kernels.failed()
