@@ -27,3 +27,15 @@ def device(request) -> torch.device:
 @pytest.fixture
 def nmnist_sample() -> Path:
     return DATA / "nmnist_03263.bin"
+
+
+def checkpoint_position(path: Path) -> tuple[int, int]:
+    """(epochs done, steps done in the next epoch) of the checkpoint at `path`; (0, 0) while
+    there is none (a run that is still starting)."""
+    from stbp import checkpoint as ck
+
+    try:
+        state = ck.load_checkpoint(path)
+    except ck.CheckpointError:
+        return (0, 0)
+    return state["epoch"], state.get("step", 0)

@@ -7,6 +7,7 @@ import sys
 import time
 
 import torch
+from conftest import checkpoint_position
 
 from stbp import checkpoint as ck
 from stbp.config import load_config, merge, to_toml
@@ -51,15 +52,6 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert abs(ddp["history"][0]["train_loss"] - single["history"][0]["train_loss"]) < 1e-5
 
 
-def position(path):
-    """(epochs done, steps done in the next epoch) of the checkpoint at `path`."""
-    try:
-        state = ck.load_checkpoint(path)
-    except ck.CheckpointError:
-        return (0, 0)
-    return state["epoch"], state.get("step", 0)
-
-
 def test_a_killed_ddp_run_resumes_bit_identical(tmp_path):
     """Dropout and augmentation draw different numbers on each process; every process's
     states are saved at every step and each restores its own."""
@@ -80,7 +72,7 @@ def test_a_killed_ddp_run_resumes_bit_identical(tmp_path):
     out = tmp_path / "stopped"
     run = subprocess.Popen([*torchrun, str(out)], env=ENV, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)  # fmt: skip
-    while position(out / "last.pt") < (0, 3):
+    while checkpoint_position(out / "last.pt") < (0, 3):
         assert run.poll() is None
         time.sleep(0.01)
     run.terminate()  # torchrun stops its processes wherever they are

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from conftest import checkpoint_position
 
 from stbp import checkpoint as ck
 from stbp.config import load_config, merge, to_toml
@@ -36,18 +37,9 @@ def train(config, out, *extra):
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
-def position(path):
-    """(epochs done, steps done in the next epoch) of the checkpoint at `path`."""
-    try:
-        state = ck.load_checkpoint(path)
-    except ck.CheckpointError:
-        return (0, 0)
-    return state["epoch"], state.get("step", 0)
-
-
 def stop_at(process, out, epoch, step, sig):
     """Send `sig` once the run has saved step `step` of epoch `epoch` (1-based)."""
-    while position(out / "last.pt") < (epoch - 1, step):
+    while checkpoint_position(out / "last.pt") < (epoch - 1, step):
         assert process.poll() is None, process.communicate()
         time.sleep(0.01)
     process.send_signal(sig)
@@ -77,7 +69,7 @@ def test_stopped_at_a_random_step_and_resumed_ends_bit_identical(reference, tmp_
         assert f"Resume with: stbp train --config {config} --out {out} --resume" in err
     else:
         assert process.returncode == -9
-    epochs, steps = position(out / "last.pt")
+    epochs, steps = checkpoint_position(out / "last.pt")
     assert (epochs, 0) == (epoch - 1, 0) and steps >= step  # it died inside that epoch
     resumed = train(config, out, "--resume")
     assert resumed.wait() == 0, resumed.communicate()
@@ -103,4 +95,4 @@ def test_a_run_killed_before_its_first_checkpoint_starts_afresh_on_resume(tmp_pa
     stdout, stderr = done.communicate(timeout=300)
     assert done.returncode == 0, stderr
     assert f"no checkpoint in {out} yet: starting the run from the beginning" in stdout
-    assert position(out / "last.pt") == (1, 0)
+    assert checkpoint_position(out / "last.pt") == (1, 0)

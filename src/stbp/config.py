@@ -17,6 +17,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from stbp.data.cifar10 import STD_CHOICES
+from stbp.data.event_datasets import CIFAR10DVS_SPLITS
+from stbp.data.frames import SPLITS as FRAME_SPLITS
+from stbp.models import DROPOUT_MASKS, PAPER_NETWORKS, parse
+from stbp.neunorm import READINGS
+from stbp.surrogate import SURROGATES
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -114,12 +121,12 @@ CHOICES = {
     ("run", "device"): ("cpu", "cuda", "auto"),
     ("run", "precision"): ("fp32", "bf16", "auto"),
     ("data", "dataset"): ("mnist10k", "nmnist", "cifar10-dvs", "cifar10"),
-    ("data", "split"): ("random-9:1", "first-100-test"),
-    ("data", "frame_split"): ("time", "number"),
-    ("data", "cifar_std"): ("dataset", "authors"),
-    ("model", "surrogate"): ("rect", "triangle", "sigmoid", "atan"),
-    ("model", "dropout_mask"): ("sample", "step"),
-    ("model", "neunorm_reading"): ("stbp", "spikingjelly"),
+    ("data", "split"): CIFAR10DVS_SPLITS,
+    ("data", "frame_split"): FRAME_SPLITS,
+    ("data", "cifar_std"): tuple(STD_CHOICES),
+    ("model", "surrogate"): tuple(SURROGATES),
+    ("model", "dropout_mask"): tuple(DROPOUT_MASKS),
+    ("model", "neunorm_reading"): READINGS,
     ("optim", "optimizer"): ("adam", "sgd"),
     ("optim", "schedule"): ("cosine", "step", "constant"),
     ("optim", "loss"): ("mse", "ce"),
@@ -279,8 +286,6 @@ def _check_range(source, table, key, value, low, high, low_in, high_in) -> None:
 
 
 def _check_model(model: dict, source: str) -> None:
-    from stbp.models import PAPER_NETWORKS, parse
-
     if model["spec"]:
         try:
             parse(model["spec"])
