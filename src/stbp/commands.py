@@ -136,6 +136,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float,
                    help="validation split carved from the training part (0: select on test)")
     p.add_argument("--neunorm", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--model", metavar="PACKAGE.MODULE:FUNCTION",
+                   help="your own network: a function returning an nn.Module ([model] factory)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"))
     p.add_argument("--precision", choices=("fp32", "bf16", "auto"))
     p.add_argument("--seed", type=int)

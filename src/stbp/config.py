@@ -64,6 +64,9 @@ class DataSettings:
     cifar_std: str = "dataset"  # CIFAR-10 normalisation std: dataset | authors
     strict: bool = False  # event data: stop at the first bad file instead of skipping it
     cache_dir: str = ""  # event data: frame cache folder (default <data dir>/stbp-frames)
+    encoding: str = "analog"  # static images: analog (the encoding layer) | bernoulli | latency
+    factory: str = ""  # "package.module:function" returning your own Dataset (see docs/data.md)
+    factory_kwargs: dict = field(default_factory=dict)  # keyword arguments of `factory`
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,13 @@ class ModelSettings:
     votes: int = 10
     dropout_mask: str = "sample"  # sample: one mask for all T steps | step: a fresh mask per step
     neunorm_reading: str = "stbp"  # stbp | spikingjelly (see stbp.NeuNorm)
+    reset: str = "hard"  # hard: Algorithm 1 (u to 0 after a spike) | soft: subtract the threshold
+    detach_reset: bool = False  # no gradient through the reset (the paper keeps it)
+    learn_decay: bool = False  # learnable leak factor, kept in (0, 1) (as PLIF)
+    learn_threshold: bool = False  # learnable threshold
+    per_channel: bool = False  # learnable decay/threshold: one per channel instead of one per layer
+    factory: str = ""  # "package.module:function" returning your own nn.Module (overrides spec)
+    factory_kwargs: dict = field(default_factory=dict)  # keyword arguments of `factory`
 
 
 @dataclass(frozen=True)
@@ -124,9 +134,11 @@ CHOICES = {
     ("data", "split"): CIFAR10DVS_SPLITS,
     ("data", "frame_split"): FRAME_SPLITS,
     ("data", "cifar_std"): tuple(STD_CHOICES),
+    ("data", "encoding"): ("analog", "bernoulli", "latency"),
     ("model", "surrogate"): tuple(SURROGATES),
     ("model", "dropout_mask"): tuple(DROPOUT_MASKS),
     ("model", "neunorm_reading"): READINGS,
+    ("model", "reset"): ("hard", "soft"),
     ("optim", "optimizer"): ("adam", "sgd"),
     ("optim", "schedule"): ("cosine", "step", "constant"),
     ("optim", "loss"): ("mse", "ce"),
@@ -177,6 +189,7 @@ FLAG_KEYS = {  # `stbp train` flags (by argparse name) and the keys they set
     "val_fraction": ("data", "val_fraction"),
     "cache_dir": ("data", "cache_dir"),
     "neunorm": ("model", "neunorm"),
+    "model": ("model", "factory"),
     "batch_size": ("optim", "batch_size"),
 }
 
@@ -320,6 +333,8 @@ def _toml_value(value) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise ConfigError(f"cannot write {value!r} to TOML")
 
 
