@@ -302,7 +302,9 @@ def make_trainer(settings: Settings, ctx: dd.Context, splits: Splits) -> Trainer
     schedule of a run; then every process but rank 0 reseeds with `rank_seed`, so that the
     processes draw different dropout masks."""
     seed_everything(settings.run.seed)
-    model = make_model(settings.model, settings.data.T, in_shape(splits.train_set))
+    model = make_model(
+        settings.model, settings.data.T, in_shape(splits.train_set), settings.data.encoding
+    )
     model = model.to(ctx.device)
     optimizer = make_optimizer(model, settings.optim)
     trainer = Trainer(settings, ctx, model, model, optimizer, None, splits)

@@ -49,8 +49,11 @@ class Diverged(RuntimeError):
 # ---------------------------------------------------------------- model, optimizer, schedule
 
 
-def make_model(model: ModelSettings, T: int, in_shape: tuple[int, ...]) -> SNN:
-    """The network of `[model]` with the window `T`, for data of shape `in_shape`."""
+def make_model(
+    model: ModelSettings, T: int, in_shape: tuple[int, ...], encoding: str = "analog"
+) -> SNN:
+    """The network of `[model]` with the window `T`, for data of shape `in_shape` presented
+    by `encoding` (`[data] encoding`)."""
     lif = LIFParameters(float(model.decay), float(model.threshold), model.surrogate,
                         float(model.width))  # fmt: skip
     kwargs = dict(T=T, neunorm=model.neunorm, dropout=float(model.dropout), lif=lif,
