@@ -4,7 +4,7 @@ Both have the same layers and weight shapes as `stbp.paper_network(name)`:
 
 - `PerStepSNN`: a plain per-step PyTorch loop of Algorithm 1. For t in range(T) it runs every
   layer on `x[t]` alone (conv -> `stbp.neuron.lif_step` -> ... -> FC -> LIF -> voting), each
-  LIF layer with its own state `(u, o)`; autograd records every step. This is what one writes
+  LIF layer with its own `LIFState`; autograd records every step. This is what one writes
   without a framework, and the baseline of every ratio.
 - `ANNTwin`: the same conv/pool/FC layers with ReLU instead of LIF, T folded into the batch
   (input `[T*B, C, H, W]`), the output FC's `votes x classes` units averaged into classes (and
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import stbp
-from stbp.neuron import LIF, LIFParameters, lif_step
+from stbp.neuron import LIF, LIFParameters, LIFState, lif_step
 
 
 def _stateless_layers(snn: stbp.SNN) -> list[nn.Module]:
@@ -50,7 +50,7 @@ class PerStepSNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
-        state: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.plan)
+        state: list[LIFState | None] = [None] * len(self.plan)
         total = None
         for t in range(T):
             h = x[t]
@@ -59,13 +59,7 @@ class PerStepSNN(nn.Module):
                 if kind == "syn":
                     h = next(syn)(h)
                     continue
-                if state[i] is None:
-                    zero = torch.zeros_like(h)
-                    state[i] = (zero, zero)
-                u, o = state[i]
-                o, u = lif_step(h, u, o, self.p)
-                state[i] = (u, o)
-                h = o
+                h, state[i] = lif_step(h, state[i], self.p)
             total = h if total is None else total + h
         rates = total / T
         return rates.view(rates.shape[0], self.num_classes, self.votes).mean(dim=-1)

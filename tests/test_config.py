@@ -5,7 +5,16 @@ import pytest
 from stbp import PAPER_NETWORKS
 from stbp.cli import build_parser
 from stbp.commands import resolve_config
-from stbp.config import ConfigError, config_names, load_config, merge, to_toml, tomllib
+from stbp.config import (
+    DEFAULTS,
+    ConfigError,
+    config_names,
+    load_config,
+    merge,
+    to_toml,
+    tomllib,
+    validate,
+)
 
 EXPERIMENTS = {"demo", "demo-deep", "nmnist", "nmnist-emulated", "dvs-cifar10",
                "cifar10-small", "cifar10-middle", "cifarnet"}  # fmt: skip
@@ -88,3 +97,10 @@ def test_merge_does_not_modify_the_defaults():
     base = {"run": {"epochs": 1}}
     merged = merge(base, {"run": {"epochs": 5}})
     assert base["run"]["epochs"] == 1 and merged["run"]["epochs"] == 5
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "nmnist"])
+def test_spike_encodings_need_images_in_0_1(dataset):
+    config = merge(DEFAULTS, {"data": {"dataset": dataset, "encoding": "bernoulli"}})
+    with pytest.raises(ConfigError, match="needs static images with intensities in \\[0, 1\\]"):
+        validate(config)

@@ -14,7 +14,7 @@ import pytest
 import torch.nn as nn
 
 import stbp
-from stbp.config import Settings, config_names, load_config
+from stbp.config import Settings, config_names, describe, load_config
 from stbp.models import parse
 
 CIFAR_CONFIGS = ("cifar10-small", "cifar10-middle", "cifarnet")
@@ -167,3 +167,48 @@ def test_calibration_is_marked_as_ours(name):
 def test_small_and_middle_optimizers_are_marked_as_ours(name):
     for key in ("optimizer", "lr", "schedule", "batch_size"):
         assert "ours" in comment_of(name, key), key
+
+
+# ------------------------------------------------------------------ mnist-authors
+
+AUTHORS_MNIST_SPEC = "32C3-AP2-32C3-AP2-128FC-Voting"  # spiking_model.py: cfg_cnn, cfg_fc
+
+
+def test_mnist_authors_is_the_authors_mnist_script_field_by_field():
+    config = load_config("mnist-authors")
+    data, model, optim = config["data"], config["model"], config["optim"]
+    assert (data["dataset"], data["encoding"], data["T"]) == ("mnist10k", "bernoulli", 20)
+    assert (data["augment_shift"], data["augment_flip"]) == (0, False)
+    assert (model["spec"], model["in_shape"], model["votes"]) == (AUTHORS_MNIST_SPEC,
+                                                                  [1, 28, 28], 1)  # fmt: skip
+    assert (model["decay"], model["threshold"], model["reset"]) == (0.2, 0.5, "hard")
+    assert (model["surrogate"], model["width"]) == ("rect", 1.0)  # |u - 0.5| < lens = 0.5
+    assert (model["neunorm"], model["dropout"]) == (False, 0.0)
+    assert (optim["optimizer"], optim["lr"], optim["weight_decay"]) == ("adam", 1e-3, 0.0)
+    assert (optim["schedule"], optim["step_epochs"], optim["gamma"]) == ("step", 40, 0.1)
+    assert (optim["batch_size"], optim["loss"]) == (100, "mse")
+    assert config["run"]["precision"] == "fp32"
+
+
+def test_mnist_authors_says_which_numbers_are_ours():
+    assert "ours" in comment_of("mnist-authors", "epochs")  # cut from their 100 for the CPU
+    assert "num_epochs = 100" in config_text("mnist-authors")
+    assert "of their 100 epochs" in describe("mnist-authors")
+    for key in ("dataset", "n_train", "val_fraction", "calibrate_rate"):
+        assert "ours" in comment_of("mnist-authors", key), key
+    for key in ("T", "encoding", "decay", "threshold", "optimizer", "lr", "batch_size"):
+        assert "authors' MNIST code" in comment_of("mnist-authors", key), key
+
+
+def test_mnist_authors_builds_the_authors_layers_behind_a_bernoulli_encoder():
+    from stbp.encoders import Bernoulli
+    from stbp.train import make_model
+
+    settings = Settings.of(load_config("mnist-authors"))
+    model = make_model(settings.model, settings.data.T, (1, 28, 28), settings.data.encoding)
+    assert isinstance(model.layers.encode, Bernoulli) and model.layers.encode.T == 20
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
+        (1, 32, (3, 3), (1, 1)), (32, 32, (3, 3), (1, 1))]  # fmt: skip
+    assert [(f.in_features, f.out_features) for f in linears] == [(7 * 7 * 32, 128), (128, 10)]

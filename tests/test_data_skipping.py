@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from stbp.data import CIFAR10DVS, NMNIST, DataFolderError, EventFrames, FormatError, read_nmnist
+from stbp.data import (
+    CIFAR10DVS,
+    NMNIST,
+    DataFolderError,
+    EventRecordings,
+    FormatError,
+    read_nmnist,
+)
 from stbp.data.errors import SkippedEventsWarning, SkippedFilesWarning
 
 SAMPLE = Path(__file__).parent / "data" / "nmnist_03263.bin"
@@ -73,7 +80,7 @@ def test_a_long_list_shows_ten_files_then_how_many_more(tmp_path):
     files = [tmp_path / f"bad{i:02d}.bin" for i in range(25)]
     files.insert(17, tmp_path / "good.bin")
     with pytest.warns(SkippedFilesWarning) as caught:
-        data = EventFrames(files, range(26), refuse_most, (34, 34), T=2, workers=1)
+        data = EventRecordings(files, range(26), refuse_most, (34, 34), T=2, workers=1)
     assert data.files == [tmp_path / "good.bin"] and data.labels == [17]
     lines = str(caught[0].message).splitlines()
     assert lines[0].startswith("left out 25 of 26 recordings")
@@ -84,7 +91,7 @@ def test_a_long_list_shows_ten_files_then_how_many_more(tmp_path):
 
 def test_files_and_labels_must_pair_up(tmp_path):
     with pytest.raises(ValueError, match="2 files but 1 labels"):
-        EventFrames([tmp_path / "a", tmp_path / "b"], [0], read_nmnist, (34, 34), T=2)
+        EventRecordings([tmp_path / "a", tmp_path / "b"], [0], read_nmnist, (34, 34), T=2)
 
 
 def aedat_with_sync_events(path: Path, n_sync: int) -> None:

@@ -112,6 +112,12 @@ BAD_PARAMETERS = [
     ({"width": -1.0}, r"width = -1\.0 .*finite number > 0"),
     ({"width": float("nan")}, r"width = nan .*finite number > 0"),
     ({"surrogate": "rectangle"}, r"unknown surrogate 'rectangle'.*atan, rect, sigmoid, triangle"),
+    ({"reset": "zero"}, r"reset = 'zero' .*'hard' or 'soft'"),
+    ({"detach_reset": "yes"}, r"detach_reset = 'yes' .*True or False"),
+    ({"decay": torch.tensor([0.2, 1.5])}, r"decay = tensor of shape \[2\].*\[0, 1\]"),
+    ({"decay": torch.zeros(2, 2)}, r"decay = tensor of shape \[2, 2\].*shape \[\] or \[C\]"),
+    ({"threshold": torch.tensor(0.0)}, r"threshold = tensor of shape \[\].*finite number > 0"),
+    ({"threshold": torch.tensor([1, 2])}, r"threshold = tensor .*torch.int64.*floating-point"),
 ]
 
 
@@ -133,6 +139,7 @@ def test_good_parameters_pass_validation():
         LIFParameters(),
         LIFParameters(0.0, 1e-3, "atan", 4.0),
         LIFParameters(1, 2, "rect", 1),
+        LIFParameters(torch.tensor(1.0), torch.tensor([0.1, 2.0]), "rect", 1, "soft", True),
     ):
         assert p.validate() is p
     assert stbp.LIF(decay=1.0).p.decay == 1.0  # decay 1: the integrate-and-fire neuron

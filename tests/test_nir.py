@@ -125,3 +125,88 @@ def test_dropout_is_left_out_of_the_export(mask, tmp_path):
         expected = model(x)
         assert expected.sum() > 0
         assert torch.equal(expected, back(x))  # dropout is the identity at inference
+
+
+def _learnt(per_channel: bool, **kwargs) -> stbp.SNN:
+    """A net whose learnt decays and thresholds differ between layers (and channels)."""
+    torch.manual_seed(0)
+    model = stbp.build("4C3(Enc)-AP2-8FC-Voting", (1, 6, 6), T=3, learn_decay=True,
+                       learn_threshold=True, per_channel=per_channel, **kwargs)  # fmt: skip
+    with torch.no_grad():
+        for lif in model.modules():
+            if isinstance(lif, stbp.LIF):
+                lif.decay_logit.uniform_(-2, 2)
+                lif.threshold_log.uniform_(-1.5, -0.2)
+                for w in lif.parameters():
+                    w.copy_(w.to(torch.float64).to(torch.float32))
+    return model.eval()
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_learnt_decay_and_threshold_export_per_neuron(per_channel, tmp_path):
+    model = _learnt(per_channel)
+    graph = export_nir(model, tmp_path / "m.nir", dt=1e-3)
+    node, p = graph.nodes["lif_conv1"], model.layers.lif_conv1.p
+    assert isinstance(node, nir.LIF) and node.tau.shape == (4, 6, 6)
+    decay = p.decay.detach().double().numpy().reshape(-1, 1, 1)
+    np.testing.assert_allclose(node.tau, np.broadcast_to(1e-3 / (1 - decay), (4, 6, 6)))
+    np.testing.assert_allclose(node.r, node.tau / 1e-3)
+    threshold = p.threshold.detach().double().numpy().reshape(-1, 1, 1)
+    np.testing.assert_allclose(node.v_threshold, np.broadcast_to(threshold, (4, 6, 6)))
+    if per_channel:
+        assert len(np.unique(node.tau[:, 0, 0])) == 4  # one value per channel
+    fc = graph.nodes["lif_fc1"]
+    assert fc.tau.shape == (8,)
+    fc_decay = model.layers.lif_fc1.p.decay.detach().double().numpy()
+    np.testing.assert_allclose(fc.tau, 1e-3 / (1 - fc_decay))
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_learnt_decay_survives_the_round_trip(per_channel, tmp_path):
+    model = _learnt(per_channel)
+    export_nir(model, tmp_path / "m.nir")
+    back = import_nir(tmp_path / "m.nir")
+    for name in ("lif_conv1", "lif_fc1", "lif_voting"):
+        got, want = getattr(back.layers, name).p, getattr(model.layers, name).p
+        for field in ("decay", "threshold"):
+            value = torch.as_tensor(getattr(got, field)).float()
+            torch.testing.assert_close(value, getattr(want, field).detach(), rtol=1e-6, atol=0)
+    x = torch.rand(2, 1, 6, 6)
+    with torch.no_grad():
+        expected = model(x)
+        assert expected.sum() > 0
+        torch.testing.assert_close(back(x), expected)
+
+
+def test_soft_reset_has_no_nir_equivalent():
+    model = stbp.build("4C3-AP2-8FC-Voting", (1, 8, 8), T=2, reset="soft")
+    with pytest.raises(ValueError, match=r"layer 'lif_conv1': reset = 'soft' .* no NIR equiv"):
+        export_nir(model)
+
+
+def test_detached_reset_exports_as_the_hard_reset(tmp_path):
+    torch.manual_seed(0)
+    model = stbp.build("4C3-AP2-8FC-Voting", (1, 8, 8), T=2, detach_reset=True).eval()
+    torch.manual_seed(0)
+    plain = stbp.build("4C3-AP2-8FC-Voting", (1, 8, 8), T=2).eval()
+    a, b = export_nir(model), export_nir(plain)
+    for name, node in a.nodes.items():
+        if isinstance(node, nir.LIF):
+            np.testing.assert_array_equal(node.tau, b.nodes[name].tau)
+    export_nir(model, tmp_path / "m.nir")
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(import_nir(tmp_path / "m.nir")(x), model(x))
+
+
+def test_a_spike_encoder_has_no_nir_equivalent():
+    model = stbp.build("4C3-AP2-8FC-Voting", (1, 8, 8), T=2, encoding="bernoulli")
+    with pytest.raises(ValueError, match=r"layer 'encode' \(Bernoulli\) has no NIR equivalent"):
+        export_nir(model)
+
+
+def test_import_refuses_values_that_vary_inside_a_channel():
+    graph = export_nir(stbp.build("4C3-AP2-8FC-Voting", (1, 8, 8), T=2))
+    graph.nodes["lif_conv1"].v_threshold[0, 0, 0] = 0.7
+    with pytest.raises(ValueError, match="'lif_conv1': v_threshold differs between neurons of a"):
+        import_nir(graph)

@@ -1,4 +1,5 @@
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,6 +7,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.text import Text
 
 import stbp
+import stbp.plots
 from stbp.checkpoint import save_atomic
 from stbp.cli import main
 from stbp.config import DEFAULTS
@@ -126,3 +128,63 @@ def test_record_spikes_runs_on_the_models_device(model):
     spikes = record_spikes(model.to("meta"), torch.rand(1, 8, 8))
     assert {s.device.type for s in spikes.values()} == {"meta"}
     assert spikes["lif_fc1"].shape == (3, 16)
+
+
+def test_raster_with_potential_traces(model, tmp_path):
+    torch.manual_seed(1)
+    fig = raster_figure(model, torch.rand(1, 8, 8) * 2, layers=["conv1", "fc1"], potentials=2)
+    assert len(fig.axes) == 1 + 2 * 2  # the input; per layer a raster and a potential panel
+    raster, traces = fig.axes[1], fig.axes[2]
+    assert raster.get_ylabel() == "neuron" and traces.get_ylabel() == "u[t]"
+    assert traces.get_title(loc="left").startswith("lif_conv1: membrane potential u[t] of 2")
+    threshold = [line for line in traces.get_lines() if line.get_label() == "threshold"]
+    assert len(threshold) == 1 and list(threshold[0].get_ydata()) == [0.5, 0.5]
+    assert len([line for line in traces.get_lines() if line.get_label().startswith("#")]) == 2
+    assert fig.axes[-1].get_xlabel() == "time step t"
+    fig.savefig(tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes().startswith(PNG)
+
+
+def test_raster_of_an_own_network():
+    class Own(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = stbp.Temporal(torch.nn.Conv2d(1, 3, 3, padding=1))
+            self.block = torch.nn.Sequential(stbp.LIF(), stbp.LIF(threshold=0.2))
+
+        def forward(self, x):
+            return self.block(self.conv(x.unsqueeze(0).expand(4, *x.shape)))
+
+    fig = raster_figure(Own(), torch.rand(1, 5, 5), potentials=1)
+    titles = [ax.get_title(loc="left") for ax in fig.axes[1:]]
+    assert titles[0].startswith("block.0: ") and titles[3].startswith("block.1: membrane")
+
+
+def test_cli_potentials_flag(tmp_path, monkeypatch):
+    net = stbp.build("4C3-AP4-16FC-Voting", (1, 28, 28), T=2)
+    ckpt = tmp_path / "last.pt"
+    state = {"model": net.state_dict(), "build_args": net.build_args}
+    save_atomic({**state, "config": copy.deepcopy(DEFAULTS)}, ckpt)
+    args = ["plot", "raster", "--checkpoint", str(ckpt), "--layers", "fc1"]
+    assert main([*args, "--potentials", "2", "--out", str(tmp_path / "u.png")]) == 0
+    assert (tmp_path / "u.png").read_bytes().startswith(PNG)
+    asked = []
+    real = stbp.plots.raster_figure
+    monkeypatch.setattr(
+        stbp.plots, "raster_figure", lambda *a, **k: asked.append(k["potentials"]) or real(*a, **k)
+    )
+    assert main([*args, "--potentials"]) == 0 and main(args) == 0
+    assert asked == [3, 0]  # the flag alone traces 3 neurons; without it, none
+
+
+def test_cli_raster_with_potentials_of_a_factory_network(tmp_path, monkeypatch):
+    from stbp import factory
+
+    monkeypatch.chdir(Path(__file__).parents[1])  # where `examples` imports from
+    net = factory.build("examples.resnet_factory:resnet", {"widths": [4]}, 3, (1, 28, 28))
+    ckpt = tmp_path / "own.pt"
+    state = {"model": net.state_dict(), "factory": net.factory_args}
+    save_atomic({**state, "config": copy.deepcopy(DEFAULTS)}, ckpt)
+    args = ["plot", "raster", "--checkpoint", str(ckpt), "--layers", "stem.2,fc"]
+    assert main([*args, "--potentials", "2"]) == 0
+    assert (tmp_path / "raster_sample0.png").read_bytes().startswith(PNG)

@@ -5,6 +5,7 @@ Better", AAAI 2019. Multi-step tensors are `[T, B, ...]` throughout.
 """
 
 from stbp import checkpoint, functional, surrogate
+from stbp.blocks import ResidualBlock, TDBatchNorm
 from stbp.init import calibrate_, threshold_scaled_
 from stbp.layers import Encoding, SeqDropout, StepDropout, Temporal, Voting
 from stbp.loss import rate_ce_loss, rate_mse_loss
@@ -18,8 +19,9 @@ from stbp.models import (
     rebuild,
 )
 from stbp.neunorm import NeuNorm
-from stbp.neuron import LIF, LIFParameters
+from stbp.neuron import LIF, LIFParameters, LIFState
 from stbp.nir_export import export_nir, import_nir
+from stbp.record import record
 from stbp.stats import stats
 
 __version__ = "0.1.0"
@@ -30,9 +32,12 @@ __all__ = [
     "SNN",
     "Encoding",
     "LIFParameters",
+    "LIFState",
     "NeuNorm",
+    "ResidualBlock",
     "SeqDropout",
     "StepDropout",
+    "TDBatchNorm",
     "Temporal",
     "Voting",
     "build",
@@ -47,6 +52,7 @@ __all__ = [
     "rate_ce_loss",
     "rate_mse_loss",
     "rebuild",
+    "record",
     "stats",
     "surrogate",
     "threshold_scaled_",

@@ -1,7 +1,9 @@
 """Checkpoints, written atomically and loaded safely, and the other files of a run folder.
 
 A checkpoint is a dict of tensors and plain Python values only (model, optimizer and
-scheduler states, epoch, RNG states, `build_args` and the config), so it loads with
+scheduler states, epoch, RNG states, the config, and what rebuilds the network: `build_args`
+for stbp's own networks, `factory` (`stbp.factory`'s record: the function's name, its keyword
+arguments, T, the input shape) for a network of your own), so it loads with
 `torch.load(weights_only=True)`, which runs no pickled code. Saving writes a temporary file
 in the same folder, fsyncs it and renames it over the target: a crash leaves either the old
 or the new checkpoint, never a broken one. Saving also stores a SHA-256 `checksum` of the
@@ -27,8 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from stbp.models import SNN, rebuild
+from stbp import factory
+from stbp.models import rebuild
 
 FORMAT = "stbp-checkpoint-1"
 CHECKSUM_KEY = "checksum"
@@ -162,27 +166,58 @@ def _first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> SNN:
-    """Rebuild the network stored in a checkpoint and load its weights (in eval mode)."""
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the network stored in a checkpoint and load its weights (in eval mode). A
+    network of your own is built again by importing and calling its factory (code of your
+    environment, named in the file: load checkpoints you trust)."""
     return model_from_state(load_checkpoint(path, map_location), path, map_location)
 
 
 def model_from_state(
     state: dict, path: str | Path, map_location: str | torch.device = "cpu"
-) -> SNN:
+) -> nn.Module:
     """The network of a loaded checkpoint `state` (from `load_checkpoint(path)`), with its
-    weights, in eval mode; `CheckpointError` naming `path` if an entry is missing or wrong."""
-    for key in ("build_args", "model"):
-        if key not in state:
-            raise CheckpointError(f"{path}: no {key!r} entry; it holds: {', '.join(state)}")
-    try:
-        model = rebuild(state["build_args"])
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
+    weights, in eval mode; `CheckpointError` naming `path` if an entry is missing or wrong,
+    or if the factory of a network of your own cannot be imported or called here."""
+    if "model" not in state:
+        raise CheckpointError(f"{path}: no 'model' entry; it holds: {', '.join(state)}")
+    if "factory" in state:
+        model = _rebuild_factory(state["factory"], path)
+    elif "build_args" in state:
+        try:
+            model = rebuild(state["build_args"])
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            what = f"{type(err).__name__}: {err}"
+            raise CheckpointError(
+                f"{path}: its 'build_args' do not describe a network ({what})"
+            ) from None
+    else:
         raise CheckpointError(
-            f"{path}: its 'build_args' do not describe a network ({type(err).__name__}: {err})"
-        ) from None
+            f"{path}: no 'build_args' entry (nor 'factory'); it holds: {', '.join(state)}"
+        )
     load_weights(model, state["model"], path)
     return model.to(map_location).eval()
+
+
+def _rebuild_factory(record, path: str | Path) -> nn.Module:
+    try:
+        return factory.rebuild(record)
+    except factory.FactoryError as err:
+        raise CheckpointError(f"{path}: its network cannot be built again here: {err}") from None
+    except (KeyError, TypeError, AttributeError) as err:
+        what = f"{type(err).__name__}: {err}"
+        raise CheckpointError(
+            f"{path}: its 'factory' entry does not describe a network ({what})"
+        ) from None
+
+
+def network_entries(model: nn.Module) -> dict:
+    """What a checkpoint stores to build `model` again: `{"factory": record}` for a network
+    of `stbp.factory`, else `{"build_args": model.build_args}` (stbp's own networks)."""
+    record = factory.factory_args(model)
+    if record is not None:
+        return {"factory": record}
+    return {"build_args": model.build_args}
 
 
 def load_weights(model: torch.nn.Module, weights: dict, path: str | Path) -> None:
@@ -195,18 +230,36 @@ def load_weights(model: torch.nn.Module, weights: dict, path: str | Path) -> Non
         ) from None
 
 
-def check_same_network(state: dict, build_args: dict, path: str | Path) -> None:
-    """`CheckpointError` if the checkpoint holds another network than `build_args`."""
+def check_same_network(state: dict, network: nn.Module | dict, path: str | Path) -> None:
+    """`CheckpointError` if the checkpoint holds another network than `network` (a model, or
+    the `build_args` of one of stbp's own): another factory, other factory kwargs, T or input
+    shape, or other `build_args`."""
     from stbp.models import complete_build_args
 
-    stored = complete_build_args(state.get("build_args", {}))
-    diff = [k for k in sorted(set(stored) | set(build_args)) if stored.get(k) != build_args.get(k)]
+    entries = {"build_args": network} if isinstance(network, dict) else network_entries(network)
+    if ("factory" in state) != ("factory" in entries):
+        raise CheckpointError(
+            f"{path} holds a network built from {_origin(state)}, this config asks for one "
+            f"from {_origin(entries)}; use another --out folder or the config it was trained with"
+        )
+    if "factory" in state:
+        stored, wanted = dict(state["factory"]), dict(entries["factory"])
+    else:
+        stored = complete_build_args(state.get("build_args", {}))
+        wanted = entries["build_args"]
+    diff = [k for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
     if diff:
-        details = "; ".join(f"{k}: {stored.get(k)!r} vs {build_args.get(k)!r}" for k in diff)
+        details = "; ".join(f"{k}: {stored.get(k)!r} vs {wanted.get(k)!r}" for k in diff)
         raise CheckpointError(
             f"{path} holds a different network than this config ({details}); "
             "use another --out folder or the config it was trained with"
         )
+
+
+def _origin(entries: dict) -> str:
+    if "factory" in entries:
+        return f"the factory {entries['factory'].get('factory')!r}"
+    return "stbp's notation ([model] network or spec)"
 
 
 class RNGStateWarning(CheckpointWarning):

@@ -22,6 +22,7 @@ from stbp.config import (
 from stbp.data import FormatError
 from stbp.datasets import stored_test_set
 from stbp.devices import resolve_precision
+from stbp.encoders import IntensityError
 from stbp.runs import Interrupted, run_training
 from stbp.train import Diverged, evaluate
 
@@ -105,7 +106,9 @@ def _cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
-USER_ERRORS = (ConfigError, ck.CheckpointError, FormatError, FileNotFoundError, Diverged)
+USER_ERRORS = (
+    ConfigError, ck.CheckpointError, FormatError, FileNotFoundError, Diverged, IntensityError
+)
 
 
 def friendly(func):

@@ -275,6 +275,7 @@ def validate(config: dict, source: str = "config") -> None:
     for (table, key), bounds in RANGES.items():
         _check_range(source, table, key, config[table][key], *bounds)
     _check_model(config["model"], source)
+    _check_encoding(config["data"], source)
 
 
 def _check_type(source: str, table: str, key: str, value, default) -> None:
@@ -312,6 +313,18 @@ def _check_model(model: dict, source: str) -> None:
     shape = model["in_shape"]
     if shape and (len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape)):
         raise ConfigError(f"{source}: [model] in_shape = {shape!r}; expected [C, H, W] >= 1")
+
+
+def _check_encoding(data: dict, source: str) -> None:
+    """Spike encoders need static images in [0, 1]: the embedded digits (pixels / 255)."""
+    if data["encoding"] == "analog" or data["factory"] or data["dataset"] == "mnist10k":
+        return
+    gives = "images normalised by mean and std" if data["dataset"] == "cifar10" else "event frames"
+    raise ConfigError(
+        f"{source}: [data] encoding = {data['encoding']!r} needs static images with intensities "
+        f'in [0, 1] (dataset = "mnist10k" gives pixels / 255), but [data] dataset = '
+        f'{data["dataset"]!r} gives {gives}; use encoding = "analog"'
+    )
 
 
 def to_toml(config: dict) -> str:

@@ -51,7 +51,7 @@ def threshold_scaled_(model: nn.Module, rate: float = DEFAULT_RATE, input_m2: fl
     the mean square of the analog input (about 0.1 for MNIST digits in [0, 1])."""
     z = NormalDist().inv_cdf(1 - rate)
     m2 = input_m2
-    for module in model.layers:
+    for module in _layers(model):
         w = _weighted(module)
         if w is not None:
             fan_in = w.weight[0].numel()
@@ -67,8 +67,26 @@ def threshold_scaled_(model: nn.Module, rate: float = DEFAULT_RATE, input_m2: fl
             m2 = 1 - (1 - m2) ** (module.module.kernel_size**2)
 
 
+def _layers(model: nn.Module) -> nn.Sequential:
+    """`model.layers` of stbp's own networks; `TypeError` for any other module."""
+    layers = getattr(model, "layers", None)
+    if not isinstance(layers, nn.Sequential):
+        raise TypeError(
+            "threshold_scaled_ and calibrate_ work on stbp's own networks (SNN.layers); "
+            "initialise a network of your own in its factory function"
+        )
+    return layers
+
+
 def _threshold(model: nn.Module) -> float:
-    return next(m.p.threshold for m in model.modules() if isinstance(m, LIF))
+    """The first LIF layer's threshold (a learnt one starts equal in every channel)."""
+    return _mean(next(m.p.threshold for m in model.modules() if isinstance(m, LIF)))
+
+
+def _mean(value: float | torch.Tensor) -> float:
+    """A learnt (per-channel) decay or threshold as one number: the neurons are sampled
+    across channels, and a fresh network starts with the same value in every channel."""
+    return float(torch.as_tensor(value).detach().float().mean())
 
 
 @torch.no_grad()
@@ -77,7 +95,7 @@ def calibrate_(
 ) -> dict[str, float]:
     """Rescale each layer of `model.layers` so its LIF neurons fire at `rate` on the batch `x`.
     Returns the rate reached per LIF layer."""
-    names = {m: n for n, m in model.layers.named_children()}
+    names = {m: n for n, m in _layers(model).named_children()}
     pairs = {i: (w, neuron) for i, w, neuron in _synapse_lif_pairs(model.layers)}
     reached = {}
     h = x
@@ -105,8 +123,10 @@ def _solve_scale(current: torch.Tensor, neuron: LIF, rate: float, iters: int) ->
         generator = torch.Generator().manual_seed(0)
         rows = rows[:, torch.randperm(rows.shape[1], generator=generator)[:_SAMPLE]]
 
+    p = neuron.p._replace(decay=_mean(neuron.p.decay), threshold=_mean(neuron.p.threshold))
+
     def rate_at(c: float) -> float:
-        return float(lif(rows * c, *neuron.p).mean())
+        return float(lif(rows * c, *p).mean())
 
     # Some inputs can make only a fraction of the neurons fire however large the weights (an
     # encoding layer on digits: zero background). Chasing a rate near that ceiling would

@@ -10,10 +10,11 @@ A spec is a `-`-separated list of layers, e.g. `128C3(Enc)-AP2-256C3-AP2-256FC-V
   (anywhere after the first layer and before `Voting`; `build(..., dropout_mask=...)` picks
   one mask per sample or a fresh mask per time step)
 - `(Enc)` after the first layer marks it as the encoding layer (it always is one: the first
-  layer receives the analog input directly).
+  layer receives the analog input directly, unless `build(..., encoding=...)` puts a spike
+  encoder before it).
 
 `build` returns an `SNN` that maps `[T, B, C, H, W]` (or a static `[B, C, H, W]`) to class
-scores `[B, num_classes]`.
+scores `[B, num_classes]`, and runs one time step at a time with `SNN.step` (streaming).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from numbers import Integral
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from stbp import encoders
 from stbp.init import threshold_scaled_
 from stbp.layers import (
     Encoding,
@@ -39,7 +42,7 @@ from stbp.layers import (
     check_int,
 )
 from stbp.neunorm import READINGS, NeuNorm
-from stbp.neuron import LIF, LIFParameters
+from stbp.neuron import LIF, RESETS, LIFParameters
 
 _TOKEN = re.compile(
     r"(?:(?P<conv>\d+)C(?P<kernel>\d+)|(?P<pool>[AM])P(?P<stride>\d+)|(?P<fc>\d+)FC"
@@ -50,7 +53,19 @@ DROPOUT_MASKS: dict[str, type[nn.Module]] = {"sample": SeqDropout, "step": StepD
 
 # Arguments `build` gained after checkpoints were first written: an older `build_args` means
 # these values (the behaviour of the code that wrote it).
-BUILD_ARG_DEFAULTS = {"dropout_mask": "sample", "neunorm_reading": "stbp"}
+BUILD_ARG_DEFAULTS = {
+    "dropout_mask": "sample",
+    "neunorm_reading": "stbp",
+    "reset": "hard",
+    "detach_reset": False,
+    "learn_decay": False,
+    "learn_threshold": False,
+    "per_channel": False,
+    "encoding": "analog",
+}
+ENCODER = "encode"  # the name of the spike encoder in `SNN.layers`, when there is one
+# LIFParameters fields that `build` takes (and `build_args` records) as arguments of their own.
+_LIF_FIELDS_OF_BUILD = ("reset", "detach_reset")
 
 
 @dataclass(frozen=True)
@@ -117,6 +132,14 @@ def _check_order(layers: list[Layer]) -> None:
         seen_fc = seen_fc or layer.kind == "fc"
 
 
+class SNNState(NamedTuple):
+    """The state of a whole network between two calls of `SNN.step`."""
+
+    steps: int  # time steps run so far
+    layers: dict[str, Any]  # per module (by name): LIFState, NeuNorm's auxiliary x, the
+    # votes summed so far ("vote"), a dropout mask (SeqDropout in training mode)
+
+
 class SNN(nn.Module):
     """A feed-forward spiking network: encoding layer, LIF layers, voting output.
 
@@ -124,6 +147,10 @@ class SNN(nn.Module):
     presented at each of the `T` steps). A sequence whose time size is not the model's `T` is
     refused (a DataLoader batch `[B, T, ...]` would be read as `[T, B, ...]`): pass
     `model(x, T=x.shape[0])` to run another window on purpose.
+
+    With a spike encoder (`build(..., encoding="bernoulli" | "latency")`, the module
+    `layers.encode`), a static image goes through the encoder, and a sequence is taken as
+    frames already encoded (the encoder is skipped).
     """
 
     def __init__(
@@ -138,9 +165,67 @@ class SNN(nn.Module):
         """Class scores `[B, num_classes]` of `x`; `T` runs a window other than the model's
         (the sequence's length, or the steps a static input is presented for)."""
         steps = self._steps(x, T)
-        if x.dim() == len(self.in_shape) + 1 and steps != self.T:
+        static = x.dim() == len(self.in_shape) + 1
+        if self.encoder is not None:
+            return self._after_encoder(self.encode(x, steps) if static else x)
+        if static and steps != self.T:
             x = x.unsqueeze(0).expand(steps, *x.shape)  # the encoding layer then runs per step
         return self.layers(x)
+
+    @property
+    def encoder(self) -> nn.Module | None:
+        """The spike encoder that turns a static image into spikes, if the network has one."""
+        return self.layers._modules.get(ENCODER)
+
+    def encode(self, x: torch.Tensor, T: int | None = None) -> torch.Tensor:
+        """The frames `[T, B, *in_shape]` the first synaptic layer receives, one per step: a
+        static `x` through the spike encoder (0/1 spikes), or repeated at each step without
+        one (analog); a sequence as it is. Feed them to `step` one by one."""
+        steps = self._steps(x, T)
+        if x.dim() == len(self.in_shape) + 2:
+            return x
+        if self.encoder is None:
+            return x.unsqueeze(0).expand(steps, *x.shape)
+        return self.encoder(x) if steps == self.T else self.encoder(x, T=steps)
+
+    def _after_encoder(self, x: torch.Tensor) -> torch.Tensor:
+        for name, module in self.layers.named_children():
+            if name != ENCODER:
+                x = module(x)
+        return x
+
+    def step(
+        self, x_t: torch.Tensor, state: SNNState | None = None
+    ) -> tuple[torch.Tensor, SNNState]:
+        """One time step of the whole network, for streaming: the frame `x_t` `[B, *in_shape]`
+        that the first synaptic layer receives at this step, and the state of the previous
+        step (None: the start of a sample). Returns the class scores so far (the voting
+        layer's rates averaged over the steps run: after `T` steps, what `forward` gives over
+        the same frames) and the new state; nothing is kept in the modules.
+
+        Analog input: `x_t` is the image (static) or the event frame of the step. With a spike
+        encoder, `x_t` is the encoded spikes of the step (`model.encode(image)[t]`): the
+        encoder draws all T steps at once. In training mode this runs with plain autograd
+        (a dropout mask shared over time travels in the state)."""
+        self._check_frame(x_t)
+        before = state.layers if state is not None else {}
+        after: dict[str, Any] = {}
+        for name, module in self.layers.named_children():
+            if name == ENCODER:
+                continue
+            x_t, module_state = _step_module(module, x_t, before.get(name))
+            if module_state is not None:
+                after[name] = module_state
+        steps = (state.steps if state is not None else 0) + 1
+        return x_t / steps, SNNState(steps, after)
+
+    def _check_frame(self, x_t: torch.Tensor) -> None:
+        if x_t.dim() != len(self.in_shape) + 1 or tuple(x_t.shape[1:]) != self.in_shape:
+            shape = ", ".join(map(str, self.in_shape))
+            raise ValueError(
+                f"step expects one frame [B, {shape}], got {list(x_t.shape)}; for a sequence "
+                f"[T, B, {shape}] call step on each x[t]"
+            )
 
     def _steps(self, x: torch.Tensor, T: int | None) -> int:
         """The time steps `x` runs for; `ValueError` for a shape or window that does not fit."""
@@ -161,6 +246,34 @@ class SNN(nn.Module):
                 f"model(x, T={x.shape[0]})"
             )
         return window
+
+
+def _step_module(module: nn.Module, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+    """One time step of one module of `SNN.layers`: its output and its new state (None for a
+    stateless module)."""
+    if isinstance(module, LIF):
+        return module.step(x_t, state)
+    if isinstance(module, NeuNorm):
+        return module.step(x_t, state)
+    if isinstance(module, Voting):
+        votes = x_t.view(x_t.shape[0], module.num_classes, module.votes).mean(dim=-1)
+        total = votes if state is None else state + votes
+        return total, total
+    if isinstance(module, SeqDropout):
+        return _seq_dropout_step(module, x_t, state)
+    if isinstance(module, nn.Dropout):  # a fresh mask per step (StepDropout)
+        return module(x_t), None
+    return module(x_t.unsqueeze(0)).squeeze(0), None  # stateless: a window of one step
+
+
+def _seq_dropout_step(module: SeqDropout, x_t: torch.Tensor, mask: torch.Tensor | None):
+    """`SeqDropout` one step at a time: in training mode, the mask drawn at the first step is
+    kept in the state for the next ones (one mask per sample, as in `forward`)."""
+    if not module.training or module.p == 0:
+        return x_t, None
+    if mask is None:
+        mask = torch.empty_like(x_t).bernoulli_(1 - module.p).div_(1 - module.p)
+    return x_t * mask, mask
 
 
 def check_shape(in_shape) -> tuple[int, ...]:
@@ -188,6 +301,12 @@ def build(
     votes: int = 10,
     dropout_mask: str = "sample",
     neunorm_reading: str = "stbp",
+    reset: str = "hard",
+    detach_reset: bool = False,
+    learn_decay: bool = False,
+    learn_threshold: bool = False,
+    per_channel: bool = False,
+    encoding: str = "analog",
 ) -> SNN:
     """Build the network of `spec` for inputs of shape `in_shape` (C, H, W).
 
@@ -198,16 +317,26 @@ def build(
     "sample" keeps one mask per sample for all T steps, "step" draws a fresh mask per step
     (as the authors' CIFAR-10 code). Weights are initialised by `threshold_scaled_` so every
     layer fires at init. Every argument is checked: one `ValueError` naming it.
+
+    Neuron variants (see `stbp.LIF`), the same in every LIF layer: `reset` "hard"
+    (Algorithm 1) or "soft" (subtract the threshold), `detach_reset`, `learn_decay`,
+    `learn_threshold` (one value per layer, or per channel/feature with `per_channel`);
+    `reset` and `detach_reset` may come inside `lif` instead. `encoding` "bernoulli" or
+    "latency" puts a spike encoder (`stbp.encoders.make`) first, as `layers.encode`: the
+    first synaptic layer then receives 0/1 spikes at each step; "analog" (the paper's
+    encoding layer) presents the image itself.
     """
     layers = parse(_check_spec(spec))
     in_shape = check_shape(in_shape)
-    lif = _check_build_args(
-        layers, num_classes, T, neunorm, dropout, lif, votes, dropout_mask, neunorm_reading
-    )
+    _check_build_args(layers, num_classes, T, neunorm, dropout, votes, dropout_mask,
+                      neunorm_reading)  # fmt: skip
+    lif = _neuron_parameters(lif, reset, detach_reset)
+    learnt = _learnt_parameters(learn_decay, learn_threshold, per_channel)
+    encoder = _encoder(encoding, T)
     drop = DROPOUT_MASKS[dropout_mask]
     spec_has_dropout = any(layer.kind == "dropout" for layer in layers)
     shape = in_shape
-    modules: dict[str, nn.Module] = {}
+    modules: dict[str, nn.Module] = {} if encoder is None else {ENCODER: encoder}
     counts = {"conv": 0, "fc": 0, "pool": 0, "dropout": 0}
     for i, layer in enumerate(layers):
         if layer.kind in counts:
@@ -217,13 +346,13 @@ def build(
             modules[name] = drop(dropout)
             continue
         synapse, shape = _synapse(layer, shape, num_classes, votes, spec)
-        if i == 0:
+        if i == 0 and encoder is None:
             modules[name] = Encoding(synapse, T, len(in_shape))
         else:
             modules[name] = Temporal(synapse, binary_input=_is_binary(modules))
         if layer.kind == "pool":
             continue
-        modules[f"lif_{name}"] = LIF(*lif)
+        modules[f"lif_{name}"] = LIF(*lif, **learnt, channels=shape[0])
         if layer.kind == "conv" and neunorm:
             modules[f"neunorm_{name}"] = NeuNorm.from_reading(neunorm_reading, *shape)
         if layer.kind == "fc" and dropout > 0 and not spec_has_dropout:
@@ -237,10 +366,14 @@ def build(
         "T": T,
         "neunorm": neunorm,
         "dropout": dropout,
-        "lif": lif._asdict(),
+        "lif": _lif_constants(lif),
         "votes": votes,
         "dropout_mask": dropout_mask,
         "neunorm_reading": neunorm_reading,
+        "reset": lif.reset,
+        "detach_reset": lif.detach_reset,
+        **learnt,
+        "encoding": encoding,
     }
     threshold_scaled_(model)
     return model
@@ -253,14 +386,13 @@ def _check_spec(spec) -> str:
 
 
 def _check_build_args(
-    layers: list[Layer], num_classes, T, neunorm, dropout, lif, votes, dropout_mask, neunorm_reading
-) -> LIFParameters:
-    """`ValueError` naming the first bad argument of `build`; returns the LIF parameters."""
+    layers: list[Layer], num_classes, T, neunorm, dropout, votes, dropout_mask, neunorm_reading
+) -> None:
+    """`ValueError` naming the first bad argument of `build` among these."""
     check_int("num_classes", num_classes)
     check_int("T", T)
     check_int("votes", votes)
-    if not isinstance(neunorm, bool):
-        raise ValueError(f"neunorm must be True or False, got {neunorm!r}")
+    _check_bool("neunorm", neunorm)
     check_fraction("dropout", dropout)
     check_choice("dropout_mask", dropout_mask, tuple(DROPOUT_MASKS))
     check_choice("neunorm_reading", neunorm_reading, READINGS)
@@ -269,11 +401,53 @@ def _check_build_args(
             "the spec has DO (dropout) tokens but dropout is 0; set dropout to a probability "
             "in (0, 1) (the authors' CIFAR-10 code uses 0.5) or remove the DO tokens"
         )
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _neuron_parameters(lif, reset, detach_reset) -> LIFParameters:
+    """The LIF constants of every layer: `lif` (default `LIFParameters()`) with `reset` and
+    `detach_reset`, which may be given here or inside `lif` (a non-default value wins: each has
+    only one)."""
     if lif is None:
-        return LIFParameters()
+        lif = LIFParameters()
     if not isinstance(lif, LIFParameters):
         raise ValueError(f"lif must be an stbp.LIFParameters, got {lif!r}")
-    return lif
+    check_choice("reset", reset, RESETS)
+    _check_bool("detach_reset", detach_reset)
+    return lif._replace(
+        reset=reset if reset != "hard" else lif.reset,
+        detach_reset=detach_reset or lif.detach_reset,
+    ).validate()
+
+
+def _lif_constants(lif: LIFParameters) -> dict:
+    """`lif` as `build_args` records it: without the fields `build` records on their own."""
+    return {k: v for k, v in lif._asdict().items() if k not in _LIF_FIELDS_OF_BUILD}
+
+
+def _learnt_parameters(learn_decay, learn_threshold, per_channel) -> dict[str, bool]:
+    learnt = {
+        "learn_decay": _check_bool("learn_decay", learn_decay),
+        "learn_threshold": _check_bool("learn_threshold", learn_threshold),
+        "per_channel": _check_bool("per_channel", per_channel),
+    }
+    if per_channel and not (learn_decay or learn_threshold):
+        raise ValueError(
+            "per_channel = True needs learn_decay or learn_threshold (it makes the learnt "
+            "decay/threshold one per channel); fixed constants are one per network"
+        )
+    return learnt
+
+
+def _encoder(encoding, T: int) -> nn.Module | None:
+    """The spike encoder of `encoding` (None for "analog": the paper's encoding layer)."""
+    check_choice("encoding", encoding, tuple(encoders.ENCODINGS))
+    return encoders.make(encoding, T)
 
 
 def _is_max_pool(module: nn.Module) -> bool:
@@ -281,11 +455,11 @@ def _is_max_pool(module: nn.Module) -> bool:
 
 
 def _is_binary(modules: dict[str, nn.Module]) -> bool:
-    """Whether the current output (the last module's) is 0/1 spikes: a LIF's, or max-pooled
-    ones. Not after dropout (it scales the kept spikes by 1/(1-p)), NeuNorm (it subtracts
-    the analog auxiliary term) or average pooling."""
-    last = list(modules.values())[-1]
-    if isinstance(last, LIF):
+    """Whether the current output (the last module's) is 0/1 spikes: a LIF's, a spike
+    encoder's, or max-pooled ones. Not after dropout (it scales the kept spikes by 1/(1-p)),
+    NeuNorm (it subtracts the analog auxiliary term) or average pooling."""
+    last_name, last = list(modules.items())[-1]
+    if isinstance(last, LIF) or last_name == ENCODER:
         return True
     if _is_max_pool(last):
         return _is_binary(dict(list(modules.items())[:-1]))
@@ -300,7 +474,8 @@ def complete_build_args(build_args: dict) -> dict:
 
 def rebuild(build_args: dict) -> SNN:
     """Build the same network again from `model.build_args` (as stored in checkpoints; an
-    older one without `dropout_mask` / `neunorm_reading` gets "sample" / "stbp")."""
+    older one without `dropout_mask`, `neunorm_reading` or the neuron variants and encoding
+    gets what the code that wrote it did: `BUILD_ARG_DEFAULTS`)."""
     args = complete_build_args(build_args)
     args["in_shape"] = tuple(args["in_shape"])
     args["lif"] = LIFParameters(**args["lif"])

@@ -66,6 +66,24 @@ def neunorm_reference(
     return spikes - alpha * torch.stack(aux)
 
 
+def neunorm_step(
+    o_t: torch.Tensor,
+    x_prev: torch.Tensor | None,
+    alpha: torch.Tensor,
+    k: float = 0.9,
+    v: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One time step of `neunorm` for streaming, with plain autograd: the spikes `o_t`
+    `[B, F, H, W]` of this step and the auxiliary neurons `x_prev` `[B, 1, H, W]` of the last
+    one (None: zero, the first step). The paper's auxiliary neuron
+    `x[t] = k x[t-1] + (v/F^2) sum_f o[t]`, and the next layer's normalized input
+    `o[t] - alpha * x[t]` (the paper's equation for u_{n+1}). Returns `(o[t] - alpha x[t], x[t])`.
+    """
+    drive = o_t.sum(dim=1, keepdim=True) * _input_weight(o_t.shape[1], k, v)
+    x = drive if x_prev is None else k * x_prev + drive
+    return o_t - alpha * x, x
+
+
 def _input_weight(channels: int, k: float, v: float | None) -> float:
     """The auxiliary neuron's weight on its summed input, `v / F^2` (`v = F (1 - k)` unless
     given)."""
@@ -171,6 +189,14 @@ class NeuNorm(nn.Module):
 
     def forward(self, spikes: torch.Tensor) -> torch.Tensor:
         return neunorm(spikes, self.alpha, self.k, self.v)
+
+    def step(
+        self, o_t: torch.Tensor, x_prev: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One time step (`neunorm_step`): spikes `o_t` `[B, F, H, W]` and the auxiliary
+        neurons of the last step (None at the first) to `(normalized output, auxiliary x)`;
+        the module keeps no state."""
+        return neunorm_step(o_t, x_prev, self.alpha, self.k, self.v)
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.alpha.shape)}, k={self.k}, v={self.v}"

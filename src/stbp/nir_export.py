@@ -17,8 +17,16 @@ with `r = 1 / dt`. Conv layers map to `Conv2d`, average pooling to `AvgPool2d`, 
 `Flatten` + `Affine`, and the voting layer to a `Linear` node holding the voting matrix M
 (1/votes per class group): the class score is that node's output averaged over the T steps.
 Dropout (`SeqDropout`, `StepDropout`: the `DO` token) is the identity at inference and is
-left out; import builds no dropout. NeuNorm and max pooling have no NIR
-equivalent and raise an error naming the layer.
+left out; import builds no dropout. NeuNorm, max pooling and a spike encoder
+(`build(..., encoding="bernoulli" | "latency")`) have no NIR equivalent and raise an error
+naming the layer.
+
+Neuron variants: NIR's nodes hold one value per neuron, so a learnt decay or threshold (per
+layer or per channel) exports as its value at export time, `tau = dt / (1 - decay)` neuron
+by neuron; import gives a fixed `stbp.LIF` with one value per layer, or per channel when the
+values vary along the channels only. `detach_reset` changes only gradients: it exports as the
+hard reset. The soft reset (`u -= threshold`) has no NIR equivalent (NIR resets to `v_reset`):
+an error names the layer.
 """
 
 from __future__ import annotations
@@ -98,7 +106,7 @@ def _export_layer(nir, name: str, module: nn.Module, shape: tuple, dt: float):
     if isinstance(module, (SeqDropout, nn.Dropout)):  # the identity at inference
         return {}, shape
     if isinstance(module, LIF):
-        return {name: _export_lif(nir, module, shape, dt)}, shape
+        return {name: _export_lif(nir, name, module, shape, dt)}, shape
     if isinstance(module, Voting):
         return {name: nir.Linear(weight=_voting_matrix(module))}, (module.num_classes,)
     inner = module.module if isinstance(module, Temporal) else None
@@ -111,24 +119,33 @@ def _export_layer(nir, name: str, module: nn.Module, shape: tuple, dt: float):
     raise _unsupported(name, module)
 
 
-def _export_lif(nir, module: LIF, shape: tuple, dt: float):
-    decay, threshold = float(module.p.decay), float(module.p.threshold)
-
-    def full(value: float) -> np.ndarray:
-        return np.full(shape, value, dtype=np.float64)
-
-    if not 0.0 <= decay <= 1.0:
-        raise ValueError(f"LIF decay {decay} is outside [0, 1]; NIR has no equivalent")
-    if decay == 1.0:
-        return nir.IF(r=full(1.0 / dt), v_threshold=full(threshold), v_reset=full(0.0))
+def _export_lif(nir, name: str, module: LIF, shape: tuple, dt: float):
+    """NIR's LIF (or IF) node of one LIF layer, with one value per neuron: a learnt decay or
+    threshold (per layer or per channel) exports as it is at export time."""
+    p = module.p
+    if p.reset != "hard":
+        raise ValueError(
+            f"layer {name!r}: reset = {p.reset!r} (subtract the threshold) has no NIR "
+            "equivalent (NIR's LIF and IF reset to v_reset); only reset = 'hard' exports"
+        )
+    decay, threshold = _per_neuron(p.decay, shape), _per_neuron(p.threshold, shape)
+    if not np.all((decay >= 0.0) & (decay <= 1.0)):
+        raise ValueError(f"layer {name!r}: LIF decay outside [0, 1] has no NIR equivalent")
+    if np.all(decay == 1.0):
+        return nir.IF(r=np.full(shape, 1.0 / dt), v_threshold=threshold, v_reset=0 * threshold)
+    if np.any(decay == 1.0):
+        raise ValueError(f"layer {name!r}: decay 1 (IF) beside decays < 1 cannot be exported")
     tau = dt / (1.0 - decay)
-    return nir.LIF(
-        tau=full(tau),
-        r=full(tau / dt),
-        v_leak=full(0.0),
-        v_threshold=full(threshold),
-        v_reset=full(0.0),
-    )
+    return nir.LIF(tau=tau, r=tau / dt, v_leak=0 * tau, v_threshold=threshold, v_reset=0 * tau)
+
+
+def _per_neuron(value, shape: tuple) -> np.ndarray:
+    """A LIF constant (a number, a 0-dim tensor or one value per channel: dim 0 of `shape`)
+    as a float64 array of `shape`, one value per neuron."""
+    values = np.asarray(_array(value) if torch.is_tensor(value) else value, dtype=np.float64)
+    if values.ndim == 1:
+        values = values.reshape(-1, *([1] * (len(shape) - 1)))
+    return np.broadcast_to(values, shape).copy()
 
 
 def _export_conv(nir, name: str, conv: nn.Conv2d, shape: tuple):
@@ -194,7 +211,7 @@ def import_nir(
 
     The graph must be a chain Input -> ... -> Output of the nodes `export_nir` writes. `dt`
     and `T` default to the graph's metadata (else 1 ms and 8 steps). LIF nodes must map to
-    Algorithm 1 exactly (`v_leak = v_reset = 0`, `r = tau/dt`, one value per layer).
+    Algorithm 1 exactly (`v_leak = v_reset = 0`, `r = tau/dt`, one value per layer or channel).
     """
     nir = _nir()
     graph = nir.read(str(source)) if isinstance(source, (str, Path)) else source
@@ -278,31 +295,59 @@ def _uniform(name: str, field: str, values) -> float:
     return float(arr.flat[0])
 
 
+def _per_channel(name: str, field: str, values) -> np.ndarray:
+    """One value per layer (a 0-dim array) or per channel (`[C]`: the values vary along the
+    first axis only, as a per-channel learnt decay or threshold exports); else `ValueError`."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError(f"NIR node {name!r}: {field} is empty")
+    if np.all(arr == arr.flat[0]):
+        return np.asarray(arr.flat[0])
+    channels = arr.reshape(arr.shape[0], -1)
+    if arr.ndim == 0 or not np.all(channels == channels[:, :1]):
+        raise ValueError(
+            f"NIR node {name!r}: {field} differs between neurons of a channel; stbp's LIF "
+            "takes one value per layer or per channel"
+        )
+    return channels[:, 0]
+
+
+def _lif_value(values: np.ndarray) -> float | torch.Tensor:
+    """A LIF constant for `stbp.LIF`: a number, or a float32 tensor of one per channel."""
+    if values.ndim == 0:
+        return float(values)
+    return torch.as_tensor(values, dtype=torch.float32)
+
+
 def _import_lif(name: str, node, dt: float) -> LIF:
-    threshold = _uniform(name, "v_threshold", node.v_threshold)
-    if not threshold > 0:
+    """`stbp.LIF` of a NIR LIF/IF node: fixed constants, one per layer or per channel."""
+    threshold = _per_channel(name, "v_threshold", node.v_threshold)
+    if not np.all(threshold > 0):
         raise ValueError(f"NIR node {name!r}: v_threshold = {threshold}; it must be above 0")
-    if _uniform(name, "v_reset", node.v_reset) != 0.0:
+    if np.any(np.asarray(node.v_reset) != 0.0):
         raise ValueError(f"NIR node {name!r}: v_reset must be 0 (Algorithm 1 resets to 0)")
     if type(node).__name__ == "IF":
         r = _uniform(name, "r", node.r)
         _check_close(name, "r * dt", r * dt, 1.0)
-        return LIF(1.0, threshold)
-    tau, r = _uniform(name, "tau", node.tau), _uniform(name, "r", node.r)
-    if _uniform(name, "v_leak", node.v_leak) != 0.0:
+        return LIF(1.0, _lif_value(threshold))
+    tau = np.asarray(node.tau, dtype=np.float64)
+    if np.any(np.asarray(node.v_leak) != 0.0):
         raise ValueError(f"NIR node {name!r}: v_leak must be 0 to map to Algorithm 1")
-    _check_close(name, "r * dt / tau", r * dt / tau, 1.0)
-    decay = float(f"{1.0 - dt / tau:.15g}")  # drop the round-off of tau = dt / (1 - decay)
-    if not 0.0 <= decay < 1.0:
+    _check_close(name, "r * dt / tau", np.asarray(node.r, dtype=np.float64) * dt / tau, 1.0)
+    # drop the round-off of tau = dt / (1 - decay)
+    decay = _per_channel(name, "tau", np.vectorize(lambda v: float(f"{v:.15g}"))(1.0 - dt / tau))
+    if not np.all((decay >= 0.0) & (decay < 1.0)):
         raise ValueError(
-            f"NIR node {name!r}: tau = {tau} with dt = {dt} gives decay {decay} "
-            "outside [0, 1); pass the dt the graph was made for"
+            f"NIR node {name!r}: tau = {tau.min():g}..{tau.max():g} with dt = {dt} gives "
+            f"decays outside [0, 1); pass the dt the graph was made for"
         )
-    return LIF(decay, threshold)
+    return LIF(_lif_value(decay), _lif_value(threshold))
 
 
-def _check_close(name: str, what: str, value: float, expected: float) -> None:
-    if not np.isclose(value, expected, rtol=1e-9, atol=0.0):
+def _check_close(name: str, what: str, value, expected: float) -> None:
+    values = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isclose(values, expected, rtol=1e-9, atol=0.0)):
+        value = values.flat[np.argmax(~np.isclose(values, expected, rtol=1e-9, atol=0.0))]
         raise ValueError(
             f"NIR node {name!r}: {what} = {value:.6g}, but Algorithm 1 needs "
             f"{expected} (input gain 1 per step); check dt"

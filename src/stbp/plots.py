@@ -17,65 +17,20 @@ from torch import nn
 
 from stbp.layers import Voting
 from stbp.neuron import LIF
-from stbp.stats import eval_dataset, friendly, load_run, model_device, neuron_rates
-
-
-def _lif_layers(model: nn.Module, names: list[str] | None) -> dict[str, LIF]:
-    """The LIF layers to show, by name (`conv1` means `lif_conv1`); all when `names` is None."""
-    lifs = {n: m for n, m in model.layers.named_children() if isinstance(m, LIF)}
-    if names is None:
-        return lifs
-    chosen = {}
-    for name in names:
-        key = name if name in lifs else f"lif_{name}"
-        if key not in lifs:
-            raise ValueError(f"no LIF layer {name!r}; choose from: {', '.join(lifs)}")
-        chosen[key] = lifs[key]
-    return chosen
-
+from stbp.record import Recording, layer_root, record, sample_dims
+from stbp.stats import eval_dataset, friendly, load_run, neuron_rates
 
 MAX_ROWS = 300  # neurons a raster panel shows at most: 2 pixels a row at 100 dpi
 ROW_INCHES = 0.02
 SEPARATED_ROWS = 60  # white lines between rows only while rows are tall enough to keep them
 
 
-@torch.no_grad()
 def record_spikes(
     model: nn.Module, x: torch.Tensor, layers: list[str] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Spikes `[T, neurons]` of the chosen LIF layers for one sample `x` (static `[C, H, W]`
-    or a sequence `[T, C, H, W]`), on the model's device (`x` is moved there)."""
-    chosen = _lif_layers(model, layers)
-    spikes: dict[str, torch.Tensor] = {}
-    hooks = [
-        m.register_forward_hook(
-            lambda _m, _i, out, name=name: spikes.__setitem__(name, out[:, 0].flatten(1))
-        )
-        for name, m in chosen.items()
-    ]
-    was_training = model.training
-    model.eval()
-    try:
-        batch = _as_batch(model, x).to(model_device(model))
-        sequence = batch.dim() == len(model.in_shape) + 2
-        model(batch, T=batch.shape[0] if sequence else None)  # the recording's own length
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return spikes
-
-
-def _as_batch(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    n = len(model.in_shape)
-    if x.dim() == n:
-        return x.unsqueeze(0)
-    if x.dim() == n + 1:
-        return x.unsqueeze(1)
-    raise ValueError(
-        f"expected one sample [{', '.join(map(str, model.in_shape))}] or "
-        f"[T, ...] of it, got {list(x.shape)}"
-    )
+    """Spikes `[T, neurons]` of the chosen LIF layers for one sample: `stbp.record(model, x,
+    layers).spikes` (kept for code written before `stbp.record`)."""
+    return record(model, x, layers).spikes
 
 
 def _frame_image(frame: torch.Tensor) -> tuple[np.ndarray, dict]:
@@ -117,48 +72,101 @@ def _rows_shown(name: str, total: int, neurons: int, voters: tuple | None) -> in
     return min(neurons, total, MAX_ROWS)
 
 
+POTENTIAL_INCHES = 1.3  # height of a membrane potential panel
+
+
 def raster_figure(
     model: nn.Module,
     x: torch.Tensor,
     layers: list[str] | None = None,
     neurons: int = 40,
     title: str = "",
+    potentials: int = 0,
 ) -> Figure:
     """Spike raster of the chosen LIF layers for one sample, its input frames beside it.
 
     Each panel shows up to `neurons` neurons of a layer (at most the layer's size and
     `MAX_ROWS`, so that every row stays visible), evenly spaced over the layer; the voting
-    layer is shown whole, its neurons grouped by the class they vote for."""
+    layer is shown whole, its neurons grouped by the class they vote for. With `potentials`
+    = k > 0, a panel under each raster traces the membrane potential `u[t]` of k of the
+    layer's neurons (the most active ones) against its threshold."""
     if neurons < 1:
         raise ValueError(f"neurons must be at least 1 (neurons shown per layer), got {neurons}")
-    spikes = record_spikes(model, x, layers)
-    static = x.dim() == len(model.in_shape)
+    if potentials < 0:
+        raise ValueError(f"potentials must be >= 0 (neurons traced per layer), got {potentials}")
+    rec = record(model, x, layers, potentials=potentials > 0)
+    static = x.dim() == sample_dims(model)
     voters = _voting_lif(model)
-    rows = {name: _rows_shown(name, s.shape[1], neurons, voters) for name, s in spikes.items()}
-    heights = [max(1.5, 0.5 + ROW_INCHES * r) for r in rows.values()]
+    rows = {name: _rows_shown(name, s.shape[1], neurons, voters) for name, s in rec.spikes.items()}
+    heights = []
+    for r in rows.values():
+        heights += [max(1.5, 0.5 + ROW_INCHES * r)] + [POTENTIAL_INCHES] * (potentials > 0)
     size = (7.5, 0.6 + sum(heights))
     fig = Figure(figsize=size, layout="constrained")
     left, right = fig.subfigures(1, 2, width_ratios=[1, 3])
     _draw_input(left, x, static, size[0] / 4, size[1])
-    axes = right.subplots(len(spikes), 1, sharex=True, height_ratios=heights, squeeze=False)
-    for ax, (name, s) in zip(axes[:, 0], spikes.items(), strict=True):
+    grid = right.subplots(len(heights), 1, sharex=True, height_ratios=heights, squeeze=False)
+    axes = iter(grid)
+    for name, s in rec.spikes.items():
+        ax = next(axes)[0]
         _draw_raster(ax, name, s, rows[name], separators=voters is None or name != voters[0])
         if voters is not None and name == voters[0]:
             _label_classes(ax, voters[1])
-    axes[-1, 0].set_xlabel("time step t")
-    events = x.shape[-3] == 2
+        if potentials > 0:
+            _draw_potentials(next(axes)[0], name, rec, potentials)
+    grid[-1, 0].set_xlabel("time step t")
+    events = x.dim() >= 3 and x.shape[-3] == 2
     note = "\ninput: ON events red, OFF events blue" if events else ""
     fig.suptitle((title or "spike raster") + note, fontsize=10)
     return fig
 
 
 def _voting_lif(model: nn.Module) -> tuple[str, Voting] | None:
-    """The LIF layer feeding the voting layer, and the voting layer."""
-    children = list(model.layers.named_children())
-    for (name, before), (_, after) in zip(children, children[1:], strict=False):
-        if isinstance(before, LIF) and isinstance(after, Voting):
-            return name, after
+    """The LIF layer feeding a voting layer in a Sequential, and the voting layer (names as
+    `lif_layers` gives them)."""
+    for prefix, seq in layer_root(model).named_modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        children = list(seq.named_children())
+        for (name, before), (_, after) in zip(children, children[1:], strict=False):
+            if isinstance(before, LIF) and isinstance(after, Voting):
+                return (f"{prefix}.{name}" if prefix else name), after
     return None
+
+
+def _traced(spikes: torch.Tensor, u: torch.Tensor, count: int) -> np.ndarray:
+    """Indices of `count` neurons worth watching: those that fire at some steps but not at
+    all of them first (nearest half the steps first), then the highest potentials."""
+    steps = spikes.shape[0]
+    fired = spikes.float().sum(0).cpu().numpy()
+    peak = u.float().amax(0).cpu().numpy()
+    crossing = (fired > 0) & (fired < steps)
+    order = np.lexsort((-peak, np.abs(fired - steps / 2), ~crossing))  # last key sorts first
+    return np.sort(order[: min(count, len(order))])
+
+
+def _draw_potentials(ax, name: str, rec: Recording, count: int) -> None:
+    """`u[t]` of `count` neurons of one layer, a dot where a neuron spiked, and the threshold
+    as a dashed line (one per neuron when their thresholds differ)."""
+    s, u, th = rec.spikes[name], rec.potentials[name], rec.thresholds[name]
+    idx = _traced(s, u, count)
+    steps = np.arange(u.shape[0])
+    for i in idx:
+        trace = u[:, i].float().cpu().numpy()
+        (line,) = ax.plot(steps, trace, lw=1, label=f"#{i}")
+        fired = s[:, i].cpu().numpy() > 0
+        ax.plot(steps[fired], trace[fired], "o", ms=3.5, color=line.get_color())
+        if not bool((th[idx] == th[idx[0]]).all()):
+            ax.axhline(float(th[i]), color=line.get_color(), ls="--", lw=0.8)
+    if bool((th[idx] == th[idx[0]]).all()):
+        ax.axhline(float(th[idx[0]]), color="tab:red", ls="--", lw=0.8, label="threshold")
+    ax.set_ylabel("u[t]")
+    ax.set_title(
+        f"{name}: membrane potential u[t] of {len(idx)} neurons (dots: spikes)",
+        fontsize=9,
+        loc="left",
+    )
+    ax.legend(fontsize=6, loc="best", ncol=len(idx) + 1, framealpha=0.7)
 
 
 def _label_classes(ax, vote: Voting) -> None:
@@ -246,6 +254,15 @@ def register(subparsers) -> None:
         default=40,
         help=f"neurons shown per layer (default 40; at most the layer's size and {MAX_ROWS})",
     )
+    raster.add_argument(
+        "--potentials",
+        type=_at_least_one,
+        nargs="?",
+        const=3,
+        default=0,
+        metavar="N",
+        help="also trace the membrane potential u[t] of N neurons per layer (default N: 3)",
+    )
     raster.set_defaults(func=friendly(_cli_raster))
     rates.add_argument("--batches", type=int, default=10, help="batches to run (default 10)")
     rates.add_argument("--batch-size", type=int, default=32)
@@ -289,6 +306,7 @@ def _cli_raster(args: argparse.Namespace) -> int:
         layers,
         args.neurons,
         title=f"sample {args.sample} (label {label})",
+        potentials=args.potentials,
     )
     return _save(fig, args, f"raster_sample{args.sample}.png")
 

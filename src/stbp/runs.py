@@ -33,9 +33,11 @@ from tqdm import tqdm
 import stbp
 from stbp import checkpoint as ck
 from stbp import distributed as dd
+from stbp import factory
 from stbp.config import ConfigError, Settings, absolute_paths, to_toml
 from stbp.datasets import Splits, in_shape, make_splits
 from stbp.devices import deterministic, resolve_precision, reuse_freed_memory
+from stbp.models import SNN
 from stbp.train import (
     CHECK_EVERY,
     Progress,
@@ -213,7 +215,7 @@ def checkpoint_state(trainer: Trainer, config: dict, ranks: list[dict] | None = 
         "partial": {"totals": ranks[0]["totals"], "seconds": p.epoch_seconds,
                     "generator": ranks[0]["generator"]} if p.step else None,
         "rng": ranks[0]["rng"],
-        "build_args": trainer.model.build_args,
+        **ck.network_entries(trainer.model),  # build_args, or a factory network's record
         "config": config,
         "history": p.history,
         "best": p.best,
@@ -225,7 +227,7 @@ def checkpoint_state(trainer: Trainer, config: dict, ranks: list[dict] | None = 
 
 
 def restore(trainer: Trainer, state: dict, path: Path) -> None:
-    ck.check_same_network(state, trainer.model.build_args, path)
+    ck.check_same_network(state, trainer.model, path)
     ck.load_weights(trainer.model, state["model"], path)
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.schedule.load_state_dict(state["schedule"])
@@ -305,6 +307,7 @@ def make_trainer(settings: Settings, ctx: dd.Context, splits: Splits) -> Trainer
     model = make_model(
         settings.model, settings.data.T, in_shape(splits.train_set), settings.data.encoding
     )
+    check_classes(model, splits)
     model = model.to(ctx.device)
     optimizer = make_optimizer(model, settings.optim)
     trainer = Trainer(settings, ctx, model, model, optimizer, None, splits)
@@ -315,9 +318,29 @@ def make_trainer(settings: Settings, ctx: dd.Context, splits: Splits) -> Trainer
     return trainer
 
 
+def check_classes(model: torch.nn.Module, splits: Splits) -> None:
+    """`ConfigError` if a network of `[model] factory` gives fewer class scores than the
+    training set has classes (its labels 0..N-1)."""
+    record = factory.factory_args(model)
+    labels = getattr(splits.train_set, "labels", None)
+    if record is None or labels is None or not len(labels):
+        return
+    classes = int(torch.as_tensor(labels).max()) + 1
+    if record["outputs"] < classes:
+        raise ConfigError(
+            f"[model] factory = {record['factory']!r} gives {record['outputs']} class scores, "
+            f"but the training set has {classes} classes (labels 0..{classes - 1}); pass the "
+            "number of classes in [model] factory_kwargs"
+        )
+
+
 def calibrate(trainer: Trainer) -> None:
-    """`calibrate_` on the first global batch (the same on every process)."""
+    """`calibrate_` on the first global batch (the same on every process). A network of your
+    own (`[model] factory`) is left as its factory initialised it: `calibrate_` walks the
+    synapse-LIF pairs of stbp's own networks (`SNN.layers`)."""
     s = trainer.settings
+    if not isinstance(trainer.model, SNN):
+        return
     whole = dd.Context(0, 1, trainer.ctx.device)
     loader = dd.Batches(trainer.splits.train_set, s.data, s.run.workers, whole, train=False)
     x, _ = next(loader(trainer.epoch_batches(0)[:1]))
@@ -473,7 +496,7 @@ def summary(trainer: Trainer, folder: RunFolder) -> dict:
         "final_test_acc": p.history[-1]["test_acc"] if p.history else None,
         "epochs": p.epoch,
         "split": trainer.splits.record(s.data),
-        "network": s.model.spec or s.model.network,
+        "network": s.model.factory or s.model.spec or s.model.network,
         "neunorm": s.model.neunorm,
         "T": s.data.T,
         "total_seconds": p.seconds,
@@ -569,9 +592,10 @@ def _explain_resume(trainer: Trainer, state: dict, ctx: dd.Context) -> None:
         lr = trainer.optimizer.param_groups[0]["lr"]
         trainer.schedule.last_epoch -= 1
         trainer.schedule.step()  # the learning rate of the new cosine at this step
+        new_lr = trainer.optimizer.param_groups[0]["lr"]
         message = (f"the cosine schedule now spans {epochs} epochs instead of {before}: the "
-                   f"learning rate goes from {lr:.3g} to "
-                   f"{trainer.optimizer.param_groups[0]['lr']:.3g} and decays to 0 at the new end")
+                   f"learning rate goes from {lr:.3g} to {new_lr:.3g} and decays to 0 at the "
+                   "new end")  # fmt: skip
     else:
         return
     if ctx.is_main:

@@ -51,14 +51,21 @@ class Diverged(RuntimeError):
 
 def make_model(
     model: ModelSettings, T: int, in_shape: tuple[int, ...], encoding: str = "analog"
-) -> SNN:
+) -> nn.Module:
     """The network of `[model]` with the window `T`, for data of shape `in_shape` presented
-    by `encoding` (`[data] encoding`)."""
+    by `encoding` (`[data] encoding`); `[model] factory` builds your own network instead."""
+    if model.factory:
+        from stbp import factory
+
+        return factory.make_model(model, T, in_shape, encoding)
     lif = LIFParameters(float(model.decay), float(model.threshold), model.surrogate,
                         float(model.width))  # fmt: skip
     kwargs = dict(T=T, neunorm=model.neunorm, dropout=float(model.dropout), lif=lif,
                   votes=model.votes, dropout_mask=model.dropout_mask,
-                  neunorm_reading=model.neunorm_reading)  # fmt: skip
+                  neunorm_reading=model.neunorm_reading, reset=model.reset,
+                  detach_reset=model.detach_reset, learn_decay=model.learn_decay,
+                  learn_threshold=model.learn_threshold, per_channel=model.per_channel,
+                  encoding=encoding)  # fmt: skip
     if model.spec:
         shape = tuple(model.in_shape or in_shape)
         net, where = stbp.build(model.spec, shape, **kwargs), "[model] in_shape"

@@ -1,5 +1,7 @@
 """Data: event-file readers, events to frames, a frame cache, data sets and emulators.
 
+`EventFrames` frames any data set that yields `(events, label)` (Tonic's interface).
+
 The data path runs one way: file -> events (numpy structured array x, y, p, t) -> frames
 `[T, 2, H, W]` -> Dataset sample -> batch `[T, B, C, H, W]`.
 """
@@ -8,7 +10,8 @@ from .aedat import read_aedat, write_aedat
 from .cache import BuildReport, FrameCache
 from .cifar10 import CIFAR10, read_cifar10_batch
 from .errors import FormatError, SkippedEventsWarning, SkippedFilesWarning
-from .event_datasets import CIFAR10DVS, NMNIST, EventFrames
+from .event_datasets import CIFAR10DVS, NMNIST, EventRecordings
+from .event_frames import EventFrames, SampleError
 from .events import EVENT_DTYPE, make_events
 from .frames import events_to_frames
 from .layout import DataFolderError
@@ -22,10 +25,12 @@ __all__ = [
     "EVENT_DTYPE",
     "DataFolderError",
     "EventFrames",
+    "EventRecordings",
     "FormatError",
     "FrameCache",
     "MNIST10k",
     "NMNIST",
+    "SampleError",
     "SkippedEventsWarning",
     "SkippedFilesWarning",
     "events_to_frames",

@@ -33,8 +33,11 @@ CACHE_FOLDER = "stbp-frames"
 LISTED = 10  # lines of a long list of files shown in a message
 
 
-class EventFrames(Dataset):
-    """Recordings and labels, framed by `events_to_frames` (through a disk cache by default).
+class EventRecordings(Dataset):
+    """Recording files and labels, framed by `events_to_frames` (through a disk cache by default).
+
+    The base of `NMNIST` and `CIFAR10DVS`: `reader(path)` turns one file into events. To frame
+    a data set that yields `(events, label)` (Tonic's interface), use `stbp.data.EventFrames`.
 
     Construction reads every recording once: while filling the cache under `cache_dir`, or in
     a check pass when `cache_dir` is None. A recording that cannot be used is left out of
@@ -146,7 +149,7 @@ def _cache_dir(root: Path, cache: bool, cache_dir: str | Path | None) -> Path | 
     return Path(cache_dir).expanduser() if cache_dir is not None else root / CACHE_FOLDER
 
 
-class NMNIST(EventFrames):
+class NMNIST(EventRecordings):
     """N-MNIST from `root/Train/<digit>/*.bin` and `root/Test/<digit>/*.bin` (34x34 sensor)."""
 
     def __init__(
@@ -181,7 +184,7 @@ class NMNIST(EventFrames):
         )  # fmt: skip
 
 
-class CIFAR10DVS(EventFrames):
+class CIFAR10DVS(EventRecordings):
     """CIFAR10-DVS from `root/<class name>/*.aedat` (airplane ... truck; 128x128 DVS128).
 
     The data set has no official test set; `split` picks one of the two used in the literature:
