@@ -11,8 +11,14 @@ MSE voting loss. Every row runs in its own subprocess (so its peak memory is its
     ANN twin            the same layers with ReLU, T folded into the batch
     snntorch / norse / spikingjelly   (--peers) the same network in each framework, run by
                         the throw-away venv of benchmarks/peers/setup.sh
+    sparse / dense      (--rates 5,15) stbp with its hidden layers calibrated to fire at each
+                        rate (`stbp.calibrate_` on the benchmark input, Adam's learning rate 0
+                        so the rates stay), with the event-driven synapses on (`stbp.sparse`,
+                        issue 17) and off (STBP_SPARSE=0)
 
     python benchmarks/step_time.py [--T 5,10,20,40] [--precision fp32,bf16] [--peers]
+    python benchmarks/step_time.py --T 10 --rows loop,ann,sparse,dense --rates 5,15 \
+        --precision fp32,bf16                      # issue 17's rows
 
 Prints the table (ms/step, samples/s, peak memory, ratios against the per-step loop at the
 same T) and writes benchmarks/results/step_time.csv and step_time.png.
@@ -47,6 +53,7 @@ PEERS_DIR = HERE / "peers"
 PEERS_PYTHON = PEERS_DIR / ".venv" / "bin" / "python"
 NETWORK = "nmnist-small"
 OWN_ROWS = ["loop", "ann", "stbp", "stbp-eager", "stbp-cl"]
+RATE_ROWS = ["sparse", "dense"]  # need --rates
 PEER_ROWS = ["snntorch", "norse", "spikingjelly"]
 LABELS = {
     "loop": "per-step loop",
@@ -57,8 +64,10 @@ LABELS = {
     "snntorch": "snnTorch Leaky",
     "norse": "Norse LIFBox",
     "spikingjelly": "SpikingJelly LIFNode (m)",
+    "sparse": "stbp, sparse synapses on",
+    "dense": "stbp, sparse off (STBP_SPARSE=0)",
 }
-PRECISION_ROWS = {"ann", "stbp", "stbp-eager", "stbp-cl"}  # rows that honour --precision
+PRECISION_ROWS = {"ann", "stbp", "stbp-eager", "stbp-cl", "sparse", "dense"}  # honour --precision
 
 
 # --------------------------------------------------------------------------- worker side
@@ -129,8 +138,39 @@ def _loss(scores, labels):
     return F.mse_loss(scores.float(), target.float())
 
 
-def worker(row: str, T: int, batch: int, precision: str, warmup: int, steps: int,
-           profile: int = 0) -> dict:
+def _fire_at(model, x, rate: float) -> dict:
+    """Calibrate `model`'s hidden layers to fire at `rate` on `x`, and mark every hidden
+    synapse of nmnist-small (no NeuNorm: each one takes spikes or average-pooled spikes) as
+    spike input, as `build` does once it passes `spike_input`."""
+    import stbp
+
+    for m in list(model.layers)[1:]:
+        if isinstance(m, stbp.Temporal) and m.synapse_kind:
+            m.spike_input = True
+    return stbp.calibrate_(model, x, rate=rate)
+
+
+def _synapse_paths(model) -> dict:
+    """Per synapse layer: the input density of the last forward and the path that ran."""
+    import stbp
+
+    return {
+        name: {"density": m.last_input_density, "path": m.last_path}
+        for name, m in model.layers.named_children()
+        if isinstance(m, stbp.Temporal) and m.last_path is not None
+    }
+
+
+def worker(
+    row: str,
+    T: int,
+    batch: int,
+    precision: str,
+    warmup: int,
+    steps: int,
+    profile: int = 0,
+    rate: float | None = None,
+) -> dict:
     import torch
 
     torch.manual_seed(0)
@@ -142,7 +182,9 @@ def worker(row: str, T: int, batch: int, precision: str, warmup: int, steps: int
     if row == "stbp-cl":
         model = model.to(memory_format=torch.channels_last)
         x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (T, batch))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # every row alike
+    reached = _fire_at(model, x, rate) if row in RATE_ROWS else None
+    lr = 0.0 if row in RATE_ROWS else 1e-3  # lr 0: the calibrated rates stay
+    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)  # every row alike
     autocast = precision == "bf16"
 
     def step():
@@ -184,12 +226,25 @@ def worker(row: str, T: int, batch: int, precision: str, warmup: int, steps: int
     if not reuse:
         peak_mb, method = _measure_memory(step, device)
     ms = statistics.median(times) * 1000
+    extra = {}
+    if row in RATE_ROWS:
+        extra = {"rate": rate, "rates_reached": reached, "synapses": _synapse_paths(model)}
     return {
-        "row": row, "T": T, "batch": batch, "precision": precision,
-        "ms_per_step": ms, "samples_per_s": batch / (ms / 1000), "peak_mem_mb": peak_mb,
-        "warmup_s": warmup_s, "step_ms_all": [t * 1000 for t in times],
-        "memory_method": method, "version": version, "torch": torch.__version__,
-        "device": device.type, "threads": torch.get_num_threads(),
+        **extra,
+        "row": row,
+        "T": T,
+        "batch": batch,
+        "precision": precision,
+        "ms_per_step": ms,
+        "samples_per_s": batch / (ms / 1000),
+        "peak_mem_mb": peak_mb,
+        "warmup_s": warmup_s,
+        "step_ms_all": [t * 1000 for t in times],
+        "memory_method": method,
+        "version": version,
+        "torch": torch.__version__,
+        "device": device.type,
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -248,52 +303,79 @@ def machine_info() -> dict:
     return info
 
 
-def run_row(row: str, T: int, args, precision: str) -> dict:
+def run_row(row: str, T: int, args, precision: str, rate: float | None = None) -> dict:
     python = str(PEERS_PYTHON) if row in PEER_ROWS else sys.executable
     env = dict(os.environ)
     if row == "stbp-eager":
         env["STBP_COMPILE"] = "0"
+    if row == "dense":
+        env["STBP_SPARSE"] = "0"
     cmd = [
-        python, str(Path(__file__).resolve()), "--worker", row, "--T", str(T),
-        "--batch", str(args.batch), "--precision", precision,
-        "--warmup", str(args.warmup), "--steps", str(args.steps),
+        python,
+        str(Path(__file__).resolve()),
+        "--worker",
+        row,
+        "--T",
+        str(T),
+        "--batch",
+        str(args.batch),
+        "--precision",
+        precision,
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
     ]
-    base = {"row": row, "T": T, "batch": args.batch, "precision": precision}
+    if rate is not None:
+        cmd += ["--rate", str(rate)]
+    base = {"row": row, "T": T, "batch": args.batch, "precision": precision, "rate": rate}
     if row in PEER_ROWS and not PEERS_PYTHON.exists():
         return {**base, "error": "peers venv missing (run benchmarks/peers/setup.sh)"}
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                              timeout=args.timeout)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
         return {**base, "error": f"timed out after {args.timeout} s"}
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     return {**base, "error": f"failed: {tail[:160]}"}
 
 
-def plan(args) -> list[tuple[str, int, str]]:
+def plan(args) -> list[tuple[str, int, str, float | None]]:
     """Rows in run order: T in the order given; all rows at the T of --full-T, only
-    --few-rows at the others; the peers right after the first T of --peers-T."""
+    --few-rows at the others; the sparse/dense rows at each of --rates; the peers right after
+    the first T of --peers-T."""
     jobs = []
     for T in args.T:
-        rows = OWN_ROWS if T in args.full_T else args.few_rows
-        for row in OWN_ROWS:
+        rows = OWN_ROWS + RATE_ROWS if T in args.full_T else args.few_rows
+        for row in OWN_ROWS + RATE_ROWS:
             if row not in rows or row not in args.rows:
                 continue
             precisions = args.precision if row in PRECISION_ROWS else ["fp32"]
-            for precision in precisions:
-                jobs.append((row, T, precision))
+            rates = [r / 100 for r in args.rates] if row in RATE_ROWS else [None]
+            for rate in rates:
+                for precision in precisions:
+                    jobs.append((row, T, precision, rate))
         if args.peers and T in args.peers_T:
             for row in PEER_ROWS:
-                jobs.append((row, T, "fp32"))
+                jobs.append((row, T, "fp32", None))
     return jobs
 
 
 def add_ratios(results: list[dict]) -> None:
+    """Speed and memory against the per-step loop, and time against the ANN twin in bf16
+    (issue 17's target: <= 0.6x at 5% hidden firing), at the same T."""
     loop = {r["T"]: r for r in results if r["row"] == "loop" and "error" not in r}
+    ann = {
+        r["T"]: r
+        for r in results
+        if r["row"] == "ann" and r["precision"] == "bf16" and "error" not in r
+    }
     for r in results:
+        twin = ann.get(r["T"])
+        ok = twin is not None and "error" not in r
+        r["time_vs_ann_bf16"] = r["ms_per_step"] / twin["ms_per_step"] if ok else None
         base = loop.get(r["T"])
         if base is None or "error" in r:
             r["speedup_vs_loop"] = r["mem_vs_loop"] = None
@@ -306,35 +388,70 @@ def _fmt(v, spec):
     return "—" if v is None else format(v, spec)
 
 
+def _label(r: dict) -> str:
+    rate = r.get("rate")
+    return LABELS[r["row"]] + ("" if rate is None else f", firing {rate:.0%}")
+
+
 def table(results: list[dict]) -> str:
-    head = ("| row | T | precision | ms/step | samples/s | peak MB | speed vs loop "
-            "| memory vs loop |\n|---|---:|---|---:|---:|---:|---:|---:|")
+    head = (
+        "| row | T | precision | ms/step | samples/s | peak MB | speed vs loop "
+        "| memory vs loop | time vs ANN bf16 |\n|---|---:|---|---:|---:|---:|---:|---:|---:|"
+    )
     lines = [head]
     for r in results:
-        label = LABELS[r["row"]]
+        label = _label(r)
         if "error" in r:
-            lines.append(f"| {label} | {r['T']} | {r['precision']} | {r['error']} | | | | |")
+            lines.append(f"| {label} | {r['T']} | {r['precision']} | {r['error']} | | | | | |")
             continue
         lines.append(
             f"| {label} | {r['T']} | {r['precision']} | {r['ms_per_step']:.0f} "
             f"| {r['samples_per_s']:.1f} | {r['peak_mem_mb']:.0f} "
-            f"| {_fmt(r['speedup_vs_loop'], '.2f')}× | {_fmt(r['mem_vs_loop'], '.2f')}× |"
+            f"| {_fmt(r['speedup_vs_loop'], '.2f')}× | {_fmt(r['mem_vs_loop'], '.2f')}× "
+            f"| {_fmt(r.get('time_vs_ann_bf16'), '.2f')}× |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + _synapse_lines(results))
+
+
+def _synapse_lines(results: list[dict]) -> list[str]:
+    """Under the table: per sparse/dense row, the density each synapse saw and its path."""
+    lines = []
+    for r in results:
+        if "synapses" not in r:
+            continue
+        seen = ", ".join(
+            f"{name} {_fmt(s['density'], '.1%')} {s['path']}" for name, s in r["synapses"].items()
+        )
+        lines.append(f"- {_label(r)}, {r['precision']}: {seen}")
+    return [""] + lines if lines else []
 
 
 def write_csv(results: list[dict], path: Path) -> None:
-    fields = ["row", "label", "T", "batch", "precision", "ms_per_step", "samples_per_s",
-              "peak_mem_mb", "speedup_vs_loop", "mem_vs_loop", "version", "error"]
+    fields = [
+        "row",
+        "label",
+        "T",
+        "batch",
+        "precision",
+        "rate",
+        "ms_per_step",
+        "samples_per_s",
+        "peak_mem_mb",
+        "speedup_vs_loop",
+        "mem_vs_loop",
+        "time_vs_ann_bf16",
+        "version",
+        "error",
+    ]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in results:
-            out = {**r, "label": LABELS[r["row"]]}
+            out = {**r, "label": _label(r)}
             for k in ("ms_per_step", "samples_per_s", "peak_mem_mb"):
                 if out.get(k) is not None:
                     out[k] = f"{out[k]:.1f}"
-            for k in ("speedup_vs_loop", "mem_vs_loop"):
+            for k in ("speedup_vs_loop", "mem_vs_loop", "time_vs_ann_bf16"):
                 if out.get(k) is not None:
                     out[k] = f"{out[k]:.3f}"
             w.writerow(out)
@@ -351,10 +468,10 @@ def plot(results: list[dict], path: Path) -> None:
     series: dict[tuple[str, str], list[dict]] = {}
     for r in results:
         if "error" not in r:
-            series.setdefault((r["row"], r["precision"]), []).append(r)
-    for (row, precision), rs in series.items():
+            series.setdefault((r["row"], r["precision"], r.get("rate")), []).append(r)
+    for (row, precision, _rate), rs in series.items():
         rs.sort(key=lambda r: r["T"])
-        label = LABELS[row] + ("" if precision == "fp32" else f" {precision}")
+        label = _label(rs[0]) + ("" if precision == "fp32" else f" {precision}")
         style = "o--" if row in PEER_ROWS or row in ("loop", "ann") else "o-"
         Ts = [r["T"] for r in rs]
         ax_t.plot(Ts, [r["ms_per_step"] for r in rs], style, label=label)
@@ -402,11 +519,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", type=_names, default=["fp32"], help="fp32,bf16")
     ap.add_argument("--peers", action="store_true", help="also snnTorch, Norse, SpikingJelly")
     ap.add_argument("--peers-T", type=_ints, default=[10], help="T for the peer rows")
-    ap.add_argument("--rows", type=_names, default=OWN_ROWS, help=",".join(OWN_ROWS))
-    ap.add_argument("--full-T", type=_ints, default=[5, 10, 20],
-                    help="T at which every row runs (default 5,10,20)")
-    ap.add_argument("--few-rows", type=_names, default=["loop", "stbp"],
-                    help="the rows run at the other T (default loop,stbp)")
+    ap.add_argument(
+        "--rows",
+        type=_names,
+        default=OWN_ROWS,
+        help=",".join(OWN_ROWS + RATE_ROWS) + f" (default {','.join(OWN_ROWS)})",
+    )
+    ap.add_argument(
+        "--rates",
+        type=_ints,
+        default=[5, 15],
+        help="hidden firing rates in %% of the sparse/dense rows (default 5,15)",
+    )
+    ap.add_argument("--rate", type=float, help=argparse.SUPPRESS)  # a worker's one rate
+    ap.add_argument(
+        "--full-T",
+        type=_ints,
+        default=[5, 10, 20],
+        help="T at which every row runs (default 5,10,20)",
+    )
+    ap.add_argument(
+        "--few-rows",
+        type=_names,
+        default=["loop", "stbp"],
+        help="the rows run at the other T (default loop,stbp)",
+    )
     ap.add_argument("--batch", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
@@ -414,10 +551,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--name", default="step_time", help="file name stem of the CSV/PNG")
     ap.add_argument("--worker", help="run one row in this process (e.g. stbp) and print it")
-    ap.add_argument("--profile", type=int, default=0, metavar="N",
-                    help="with --worker: also profile one step, print the top N ops")
-    ap.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
-                    help="no run: combine the .json of earlier runs into --name's CSV/PNG")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --worker: also profile one step, print the top N ops",
+    )
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="no run: combine the .json of earlier runs into --name's CSV/PNG",
+    )
     args = ap.parse_args(argv)
 
     if args.merge:
@@ -430,8 +577,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.worker:
-        result = worker(args.worker, args.T[0], args.batch, args.precision[0],
-                        args.warmup, args.steps, args.profile)
+        result = worker(
+            args.worker,
+            args.T[0],
+            args.batch,
+            args.precision[0],
+            args.warmup,
+            args.steps,
+            args.profile,
+            args.rate,
+        )
         print("RESULT " + json.dumps(result), flush=True)
         return 0
 
@@ -442,13 +597,15 @@ def main(argv: list[str] | None = None) -> int:
     print("command: python " + " ".join([os.path.relpath(__file__), *sys.argv[1:]]), flush=True)
     results: list[dict] = []
     args.out.mkdir(parents=True, exist_ok=True)
-    for row, T, precision in plan(args):
+    for row, T, precision, rate in plan(args):
         t0 = time.perf_counter()
-        r = run_row(row, T, args, precision)
+        r = run_row(row, T, args, precision, rate)
         results.append(r)
         shown = r.get("error") or f"{r['ms_per_step']:.0f} ms/step, {r['peak_mem_mb']:.0f} MB"
-        print(f"  {LABELS[row]:32s} T={T:<3d} {precision}: {shown} "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"  {_label(r):45s} T={T:<3d} {precision}: {shown} ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
         save(results, info, args)  # after every row, so an interrupted run keeps its rows
     print()
     print(table(results))

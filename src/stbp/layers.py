@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stbp.sparse import dispatch
+
 # ---------------------------------------------------------------------- argument checks
 
 
@@ -55,26 +57,70 @@ class Temporal(nn.Module):
     the backward pass as `bool` instead of floats: 4x less memory, the same gradients.
     Convolutions run in `channels_last`, which oneDNN and cuDNN run faster; the layers after
     keep that layout.
+
+    With `spike_input` (the input is spikes, possibly average-pooled or dropped out: mostly
+    zeros; default: `binary_input`), a conv (k x k, stride 1, same padding) or linear module
+    measures its input's density at every call and runs event-driven (`stbp.sparse`) below
+    the crossover measured for its shape on this machine (`stbp.sparse.dispatch`), dense
+    otherwise. After each call `last_input_density` (float, or None when not measured) and
+    `last_path` ("sparse", "dense", or None for a module that is no synapse) say what ran.
     """
 
-    def __init__(self, module: nn.Module, binary_input: bool = False):
+    def __init__(
+        self, module: nn.Module, binary_input: bool = False, spike_input: bool | None = None
+    ):
         super().__init__()
         if not isinstance(module, nn.Module):
             raise TypeError(f"Temporal wraps an nn.Module, got {type(module).__name__}")
         self.module = module
         self.binary_input = binary_input and isinstance(module, (nn.Conv2d, nn.Linear))
+        self.synapse_kind = dispatch.sparse_kind(module)  # "conv" | "linear" | None
+        spikes = binary_input if spike_input is None else spike_input
+        self.spike_input = bool(spikes) and self.synapse_kind is not None
+        self.last_input_density: float | None = None
+        self.last_path: str | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        folded = x.flatten(0, 1)
+        if self._choose_path(folded) == "sparse":
+            return self._sparse_synapse(folded).unflatten(0, x.shape[:2])
         spike_input = self.binary_input and torch.is_grad_enabled() and not _autocasting(x)
         run = self._spike_input_synapse if spike_input else self.module
-        return _channels_last_for(self.module, x.flatten(0, 1), run).unflatten(0, x.shape[:2])
+        return _channels_last_for(self.module, folded, run).unflatten(0, x.shape[:2])
+
+    def _choose_path(self, x: torch.Tensor) -> str | None:
+        """Measure the density of the folded input `x` where the sparse path may run, decide,
+        and record both in `last_input_density` and `last_path`."""
+        self.last_input_density = None
+        self.last_path = "dense" if self.synapse_kind else None
+        if not self.spike_input or not dispatch.enabled():
+            return self.last_path
+        key = dispatch.layer_key(self.module, x, _autocasting(x))
+        if key is None:
+            return self.last_path
+        self.last_input_density = dispatch.measure_density(x)
+        self.last_path = dispatch.decide(key, self.last_input_density)
+        return self.last_path
+
+    def _sparse_synapse(self, x: torch.Tensor) -> torch.Tensor:
+        """The synapse on `x` by `stbp.sparse`: fp32 weights and accumulation whatever
+        autocast says; the output in autocast's dtype then, as the dense path's would be."""
+        ops, m = dispatch.ops(), dispatch.synapse_weights(self.module)
+        autocast = _autocasting(x)
+        with torch.autocast(x.device.type, enabled=False):
+            if self.synapse_kind == "conv":
+                y = ops.conv2d(x, m.weight, m.bias).contiguous(memory_format=torch.channels_last)
+            else:
+                y = ops.linear(x.flatten(1), m.weight, m.bias)
+        return y.to(torch.get_autocast_dtype(x.device.type)) if autocast else y
 
     def _spike_input_synapse(self, spikes: torch.Tensor) -> torch.Tensor:
         m = self.module
         return SpikeInputSynapse.apply(spikes, m.weight, m.bias, _conv_args(m))
 
     def extra_repr(self) -> str:
-        return "binary_input=True" if self.binary_input else ""
+        flags = [f"{n}=True" for n in ("binary_input", "spike_input") if getattr(self, n)]
+        return ", ".join(flags)
 
 
 def _channels_last_for(module: nn.Module, x: torch.Tensor, run=None) -> torch.Tensor:
@@ -197,6 +243,7 @@ class Encoding(Temporal):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == self.in_dims + 1:
+            self.last_input_density, self.last_path = None, "dense" if self.synapse_kind else None
             y = _channels_last_for(self.module, x)
             return y.unsqueeze(0).expand(self.T, *y.shape)
         return super().forward(x)

@@ -349,7 +349,9 @@ def build(
         if i == 0 and encoder is None:
             modules[name] = Encoding(synapse, T, len(in_shape))
         else:
-            modules[name] = Temporal(synapse, binary_input=_is_binary(modules))
+            modules[name] = Temporal(
+                synapse, binary_input=_is_binary(modules), spike_input=_carries_spikes(modules)
+            )
         if layer.kind == "pool":
             continue
         modules[f"lif_{name}"] = LIF(*lif, **learnt, channels=shape[0])
@@ -464,6 +466,19 @@ def _is_binary(modules: dict[str, nn.Module]) -> bool:
     if _is_max_pool(last):
         return _is_binary(dict(list(modules.items())[:-1]))
     return False
+
+
+def _carries_spikes(modules: dict[str, nn.Module]) -> bool:
+    """Whether the current output is spikes, pooled or dropped out (mostly zeros, values in
+    {0, 1/k^2, ..., 1} or {0, 1/(1-p)}), which the event-driven synapses of `stbp.sparse` take.
+    Not after NeuNorm (analog) or the encoding layer's input."""
+    last_name, last = list(modules.items())[-1]
+    if isinstance(last, LIF) or last_name == ENCODER:
+        return True
+    passes_spikes = isinstance(last, (SeqDropout, StepDropout)) or isinstance(
+        getattr(last, "module", None), (SpikeAvgPool, nn.MaxPool2d)
+    )
+    return passes_spikes and _carries_spikes(dict(list(modules.items())[:-1]))
 
 
 def complete_build_args(build_args: dict) -> dict:

@@ -50,10 +50,16 @@ def available() -> bool:
     return _extension() is not None
 
 
+def cache_root() -> Path:
+    """stbp's cache folder: `$STBP_CACHE_DIR`, else `$XDG_CACHE_HOME/stbp`, else `~/.cache/stbp`."""
+    if os.environ.get("STBP_CACHE_DIR"):
+        return Path(os.environ["STBP_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stbp"
+
+
 def cache_dir() -> Path:
-    """Where the compiled kernels are kept between runs."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "stbp" / "sparse"
+    """Where the compiled kernels are kept between runs (`cache_root() / "sparse"`)."""
+    return cache_root() / "sparse"
 
 
 def _extension() -> ModuleType | None:
@@ -80,7 +86,7 @@ def _last_lines(err: Exception, count: int = 6) -> str:
 def _build() -> ModuleType:
     from torch.utils import cpp_extension
 
-    key = _build_key()
+    key = build_key()
     directory = cache_dir() / key
     directory.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(
@@ -93,7 +99,7 @@ def _build() -> ModuleType:
     )
 
 
-def _build_key() -> str:
+def build_key() -> str:
     """A build per source (its text and place: two checkouts must not rebuild each other's),
     flags, torch and CPU (`-march=native` code must not run on another CPU that shares the
     home directory)."""
