@@ -58,6 +58,7 @@ class Run:
     config: str
     flags: dict = field(default_factory=dict)
     cost: float = 1.0  # relative time of the run: the costliest start first
+    env: dict = field(default_factory=dict)  # environment variables of this run (STBP_SPARSE)
 
     @property
     def name(self) -> str:
@@ -146,9 +147,12 @@ class Runner:
         run.folder.mkdir(parents=True, exist_ok=True)
         log = open(run.folder / LOG_NAME, "a")
         command = train_command(run, resume)
-        log.write(f"\n$ OMP_NUM_THREADS={self.threads} {shlex.join(command)}\n")
+        variables = {**run.env, "OMP_NUM_THREADS": self.threads}
+        settings = " ".join(f"{k}={v}" for k, v in variables.items())
+        log.write(f"\n$ {settings} {shlex.join(command)}\n")
         log.flush()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        env = {**self.env, **run.env}
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         self.running[process] = (run, time.monotonic())
         how = "resumed" if resume else "started"
@@ -204,7 +208,8 @@ def mean_epoch_seconds(folder: Path) -> float | None:
 def log_threads(folder: Path) -> str:
     """The OMP_NUM_THREADS of the run's last start, from its `train.log` ('?' if unknown)."""
     try:
-        starts = re.findall(r"^\$ OMP_NUM_THREADS=(\d+) ", (folder / LOG_NAME).read_text(), re.M)
+        text = (folder / LOG_NAME).read_text()
+        starts = re.findall(r"^\$ (?:\S+=\S+ )*?OMP_NUM_THREADS=(\d+) ", text, re.M)
     except OSError:
         starts = []
     return starts[-1] if starts else "?"

@@ -1,6 +1,7 @@
 """Test-wide settings: the eager LIF kernels (the tests that check the compiled ones turn them
-on themselves), so the suite pays no torch.compile start-up per time-window length; and the
-`device` fixture, which runs a test on every device present."""
+on themselves), so the suite pays no torch.compile start-up per time-window length; no
+crossover timing for the event-driven synapses; and the `device` fixture, which runs a test on
+every device present."""
 
 import os
 from pathlib import Path
@@ -9,6 +10,9 @@ import pytest
 import torch
 
 os.environ.setdefault("STBP_COMPILE", "0")
+# Event-driven synapses run where the stored crossover says so, but the tests never time a
+# layer to measure one (tests/test_sparse_dispatch.py does, in its own cache folder).
+os.environ.setdefault("STBP_SPARSE_CALIBRATE", "0")
 
 DATA = Path(__file__).parent / "data"
 

@@ -178,10 +178,13 @@ def test_learnt_parameters_get_gradients_and_stay_in_range():
     torch.testing.assert_close(p.threshold, torch.full((C,), 0.5))
     optimizer = torch.optim.Adam(layer.parameters(), lr=2.0)  # large steps
     x = _input().float()
-    for _ in range(3):
+    weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    for step in range(3):
         optimizer.zero_grad()
-        (layer(x) * torch.randn_like(x)).sum().backward()
-        assert layer.decay_logit.grad.abs().sum() > 0 and layer.threshold_log.grad.abs().sum() > 0
+        (layer(x) * weights).sum().backward()
+        if step == 0:  # later steps may push a channel out of the surrogate window: no gradient
+            assert layer.decay_logit.grad.abs().min() > 0
+            assert layer.threshold_log.grad.abs().min() > 0
         optimizer.step()
     p = layer.p
     assert ((p.decay >= 0) & (p.decay <= 1)).all() and (p.threshold > 0).all()

@@ -135,7 +135,8 @@ def _channels_last_for(module: nn.Module, x: torch.Tensor, run=None) -> torch.Te
 
 
 def _autocasting(x: torch.Tensor) -> bool:
-    return torch.is_autocast_enabled(x.device.type)
+    """Whether autocast is on for `x`'s device (never on a device without autocast: meta)."""
+    return x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
 
 
 def _conv_args(module: nn.Module) -> tuple | None:
