@@ -7,6 +7,7 @@ MSE voting loss. Every row runs in its own subprocess (so its peak memory is its
     stbp (compiled)     stbp.paper_network, fused LIF with torch.compile'd kernels
     stbp (eager)        the same with STBP_COMPILE=0 (fused autograd.Function, eager kernels)
     stbp (compiled, CL) the compiled model and input in channels_last
+    stbp (learnt)       the compiled model with a learnt decay and threshold per channel
     per-step loop       benchmarks/baselines.py PerStepSNN: Algorithm 1 step by step (baseline)
     ANN twin            the same layers with ReLU, T folded into the batch
     snntorch / norse / spikingjelly   (--peers) the same network in each framework, run by
@@ -52,7 +53,7 @@ HERE = Path(__file__).resolve().parent
 PEERS_DIR = HERE / "peers"
 PEERS_PYTHON = PEERS_DIR / ".venv" / "bin" / "python"
 NETWORK = "nmnist-small"
-OWN_ROWS = ["loop", "ann", "stbp", "stbp-eager", "stbp-cl"]
+OWN_ROWS = ["loop", "ann", "stbp", "stbp-eager", "stbp-cl", "stbp-learn"]
 RATE_ROWS = ["sparse", "dense"]  # need --rates
 PEER_ROWS = ["snntorch", "norse", "spikingjelly"]
 LABELS = {
@@ -61,13 +62,15 @@ LABELS = {
     "stbp": "stbp (compiled)",
     "stbp-eager": "stbp (eager, STBP_COMPILE=0)",
     "stbp-cl": "stbp (compiled, channels_last)",
+    "stbp-learn": "stbp (compiled), learnt decay and threshold per channel",
     "snntorch": "snnTorch Leaky",
     "norse": "Norse LIFBox",
     "spikingjelly": "SpikingJelly LIFNode (m)",
     "sparse": "stbp, sparse synapses on",
     "dense": "stbp, sparse off (STBP_SPARSE=0)",
 }
-PRECISION_ROWS = {"ann", "stbp", "stbp-eager", "stbp-cl", "sparse", "dense"}  # honour --precision
+# The rows that honour --precision:
+PRECISION_ROWS = {"ann", "stbp", "stbp-eager", "stbp-cl", "stbp-learn", "sparse", "dense"}
 
 
 # --------------------------------------------------------------------------- worker side
@@ -122,7 +125,8 @@ def _build(row: str, T: int):
     sys.path.insert(0, str(HERE))
     from baselines import ANNTwin, PerStepSNN
 
-    net = stbp.paper_network(NETWORK, T=T)
+    learnt = dict(learn_decay=True, learn_threshold=True, per_channel=True)
+    net = stbp.paper_network(NETWORK, T=T, **(learnt if row == "stbp-learn" else {}))
     version = f"stbp {stbp.__version__}"
     if row == "loop":
         return PerStepSNN(net), version

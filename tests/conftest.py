@@ -4,6 +4,9 @@ crossover timing for the event-driven synapses; and the `device` fixture, which 
 every device present."""
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,20 @@ def checkpoint_position(path: Path) -> tuple[int, int]:
     except ck.CheckpointError:
         return (0, 0)
     return state["epoch"], state.get("step", 0)
+
+
+def start_training(config: Path, out: Path, *extra: str, env: dict, cwd=None) -> subprocess.Popen:
+    """`python -m stbp train --config CONFIG --out OUT [extra]` as a child process."""
+    cmd = [sys.executable, "-m", "stbp", "train", "--config", str(config), "--out", str(out)]
+    return subprocess.Popen([*cmd, *extra], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def stop_at(process: subprocess.Popen, out: Path, epoch: int, step: int, sig: int):
+    """Send `sig` once the run in `out` has saved step `step` of epoch `epoch` (1-based);
+    its `(stdout, stderr)`."""
+    while checkpoint_position(out / "last.pt") < (epoch - 1, step):
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(sig)
+    return process.communicate(timeout=120)

@@ -292,8 +292,8 @@ def test_factory_makes_the_splits(factory_module, tmp_path):
 @pytest.mark.parametrize(
     "factory, kwargs, message",
     [
-        ("no-colon", {}, "should be 'package.module:function'"),
-        ("toy_data_missing_module:make", {}, "cannot import 'toy_data_missing_module'"),
+        ("no-colon", {}, "is not of the form 'package.module:function'"),
+        ("toy_data_missing_module:make", {}, "module 'toy_data_missing_module' cannot be imported"),
         ("{m}:nope", {}, "module '{m}' .* has no 'nope'"),
         ("{m}:NOT_A_FUNCTION", {}, "'NOT_A_FUNCTION' is not a function"),
         ("{m}:make", {"size": 3}, "cannot call .* unexpected keyword argument 'size'"),

@@ -3,13 +3,10 @@ seeded, resumable and refused with one clear error on normalised inputs."""
 
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-from conftest import checkpoint_position
+from conftest import checkpoint_position, start_training, stop_at
 
 from stbp import checkpoint as ck
 from stbp import encoders
@@ -194,9 +191,7 @@ def tiny_config(path, encoding):
 
 
 def train(config, out, *extra):
-    cmd = [sys.executable, "-m", "stbp", "train", "--config", str(config), "--out", str(out)]
-    return subprocess.Popen([*cmd, *extra], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return start_training(config, out, *extra, env=ENV)
 
 
 def finished(process):
@@ -216,12 +211,7 @@ def reference(tmp_path_factory):
 def test_a_bernoulli_run_killed_mid_epoch_resumes_bit_identical(reference, tmp_path):
     config, expected = reference
     out = tmp_path / "run"
-    process = train(config, out)
-    while checkpoint_position(out / "last.pt") < (1, 3):  # epoch 2, step 3 saved
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=60)
+    stop_at(train(config, out), out, 2, 3, signal.SIGKILL)
     assert checkpoint_position(out / "last.pt")[0] == 1  # it died inside epoch 2
     finished(train(config, out, "--resume"))
     got = ck.load_checkpoint(out / "last.pt")

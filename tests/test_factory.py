@@ -5,12 +5,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import checkpoint_position
+from conftest import checkpoint_position, start_training, stop_at
 
 from stbp import checkpoint as ck
 from stbp import factory
@@ -265,21 +264,14 @@ def test_too_few_class_scores_for_the_data_are_refused(nets, tmp_path):
 
 def train(config: Path, out: Path, *extra: str) -> subprocess.Popen:
     """`stbp train` in the folder of `config` (where the factory's module lies)."""
-    cmd = [sys.executable, "-m", "stbp", "train", "--config", str(config), "--out", str(out)]
-    return subprocess.Popen([*cmd, *extra], cwd=config.parent, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return start_training(config, out, *extra, env=ENV, cwd=config.parent)
 
 
 def test_a_killed_factory_run_resumes_bit_identical(tmp_path):
     (tmp_path / f"{MODULE}.py").write_text(SOURCE)
     config = tmp_path / "tiny.toml"
     config.write_text(to_toml(tiny_config()))
-    stopped = train(config, tmp_path / "stopped")
-    while checkpoint_position(tmp_path / "stopped" / "last.pt") < (1, 2):  # epoch 2, step 2
-        assert stopped.poll() is None, stopped.communicate()
-        time.sleep(0.01)
-    stopped.send_signal(signal.SIGKILL)
-    stopped.communicate(timeout=60)
+    stop_at(train(config, tmp_path / "stopped"), tmp_path / "stopped", 2, 2, signal.SIGKILL)
     assert checkpoint_position(tmp_path / "stopped" / "last.pt") < (2, 0)
     resumed, whole = (
         train(config, tmp_path / "stopped", "--resume"),

@@ -4,13 +4,10 @@ then resumed, ends bit-identical to an uninterrupted run (CPU)."""
 import os
 import random
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-from conftest import checkpoint_position
+from conftest import checkpoint_position, start_training, stop_at
 
 from stbp import checkpoint as ck
 from stbp.config import load_config, merge, to_toml
@@ -32,18 +29,7 @@ def write_config(path):
 
 
 def train(config, out, *extra):
-    cmd = [sys.executable, "-m", "stbp", "train", "--config", str(config), "--out", str(out)]
-    return subprocess.Popen([*cmd, *extra], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
-
-
-def stop_at(process, out, epoch, step, sig):
-    """Send `sig` once the run has saved step `step` of epoch `epoch` (1-based)."""
-    while checkpoint_position(out / "last.pt") < (epoch - 1, step):
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.01)
-    process.send_signal(sig)
-    return process.communicate(timeout=120)
+    return start_training(config, out, *extra, env=ENV)
 
 
 @pytest.fixture(scope="module")

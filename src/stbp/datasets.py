@@ -14,10 +14,7 @@ the value in `factory_kwargs`, else None.
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,34 +149,10 @@ def factory_dataset(data: DataSettings, train: bool) -> Dataset:
 
 
 def load_factory(data: DataSettings):
-    """The function `[data] factory` names; the current folder is importable, as for
-    `python -m`."""
-    module_name, sep, name = data.factory.partition(":")
-    if not sep or not module_name or not name:
-        raise ConfigError(
-            f"{_factory_setting(data)} should be 'package.module:function', e.g. "
-            "'mydata:gestures' for the function gestures in mydata.py"
-        )
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ConfigError(
-            f"{_factory_setting(data)}: cannot import {module_name!r}: {err} (the module must "
-            "be installed, on PYTHONPATH or in the current folder)"
-        ) from None
-    function = module
-    for part in name.split("."):
-        function = getattr(function, part, None)
-        if function is None:
-            raise ConfigError(
-                f"{_factory_setting(data)}: module {module_name!r} ({module.__file__}) has no "
-                f"{name!r}"
-            )
-    if not callable(function):
-        raise ConfigError(f"{_factory_setting(data)}: {name!r} is not a function")
-    return function
+    """The function `[data] factory` names (`stbp.factory.import_factory`)."""
+    from stbp.factory import import_factory
+
+    return import_factory(data.factory, "[data] factory")
 
 
 def _check_factory_dataset(dataset, data: DataSettings) -> None:

@@ -87,36 +87,34 @@ def build(
     return network
 
 
-def import_factory(factory: str) -> Callable:
+def import_factory(factory: str, setting: str = SETTING) -> Callable:
     """The function named by `"package.module:function"` (a dotted path after the colon
-    reaches into classes: `"pkg.nets:Builders.resnet"`). The current folder is put first on
-    `sys.path` (once), so a module beside the config imports as with `python -m`."""
+    reaches into classes: `"pkg.nets:Builders.resnet"`); errors name `setting` (`[model]
+    factory`, `[data] factory`). The current folder is put first on `sys.path` (once), so a
+    module beside the config imports as with `python -m`."""
+    named = f"{setting} = {factory!r}"
     if not isinstance(factory, str) or factory.count(":") != 1:
-        raise FactoryError(f"{SETTING} = {factory!r} is not of the form {FORMAT!r}")
+        raise FactoryError(f"{named} is not of the form {FORMAT!r}")
     module_name, attribute = factory.split(":")
     if not _NAME.fullmatch(module_name) or not _NAME.fullmatch(attribute):
-        raise FactoryError(
-            f"{SETTING} = {factory!r} is not of the form {FORMAT!r} (dotted Python names)"
-        )
+        raise FactoryError(f"{named} is not of the form {FORMAT!r} (dotted Python names)")
     _current_folder_on_path()
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # ModuleNotFoundError, or any error the module raises on import
         raise FactoryError(
-            f"{SETTING} = {factory!r}: module {module_name!r} cannot be imported "
-            f"({_one_line(err)}); it is looked up in the current folder {os.getcwd()} and "
-            "the installed packages"
+            f"{named}: module {module_name!r} cannot be imported ({_one_line(err)}); it is "
+            f"looked up in the current folder {os.getcwd()} and the installed packages"
         ) from None
     found = module
     for part in attribute.split("."):
         found = getattr(found, part, None)
         if found is None:
             raise FactoryError(
-                f"{SETTING} = {factory!r}: module {module_name!r} ({_origin(module)}) has no "
-                f"{attribute!r}"
+                f"{named}: module {module_name!r} ({_origin(module)}) has no {attribute!r}"
             )
     if not callable(found):
-        raise FactoryError(f"{SETTING} = {factory!r}: {attribute!r} is not a function")
+        raise FactoryError(f"{named}: {attribute!r} is not a function")
     return found
 
 
