@@ -259,3 +259,20 @@ def test_a_run_that_fails_before_writing_anything_leaves_no_folder(tmp_path, cap
     args = ["train", "--config", "nmnist", "--data-dir", str(tmp_path / "none"), "--out", str(out)]
     assert main(args) == 2
     assert "expected inside" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_paper_network_with_fewer_classes_than_the_data_is_refused():
+    from types import SimpleNamespace
+
+    from stbp import build
+    from stbp.datasets import Splits
+
+    model = build("4C3(Enc)-AP2-8FC-Voting", (2, 8, 8), T=2)
+
+    def splits(classes: int) -> Splits:
+        data = SimpleNamespace(labels=list(range(classes)))
+        return Splits(data, torch.arange(classes), torch.arange(0), data)
+
+    with pytest.raises(ConfigError, match="votes for 10 classes, but the training set has 11"):
+        runs.check_classes(model, splits(11))
+    runs.check_classes(model, splits(10))

@@ -319,18 +319,25 @@ def make_trainer(settings: Settings, ctx: dd.Context, splits: Splits) -> Trainer
 
 
 def check_classes(model: torch.nn.Module, splits: Splits) -> None:
-    """`ConfigError` if a network of `[model] factory` gives fewer class scores than the
-    training set has classes (its labels 0..N-1)."""
-    record = factory.factory_args(model)
+    """`ConfigError` if the network gives fewer class scores than the training set has
+    classes (its labels 0..N-1): a network of `[model] factory`, or one of the paper's
+    notation (10 classes)."""
     labels = getattr(splits.train_set, "labels", None)
-    if record is None or labels is None or not len(labels):
+    if labels is None or not len(labels):
         return
     classes = int(torch.as_tensor(labels).max()) + 1
-    if record["outputs"] < classes:
+    record = factory.factory_args(model)
+    if record is not None and record["outputs"] < classes:
         raise ConfigError(
             f"[model] factory = {record['factory']!r} gives {record['outputs']} class scores, "
             f"but the training set has {classes} classes (labels 0..{classes - 1}); pass the "
             "number of classes in [model] factory_kwargs"
+        )
+    if isinstance(model, SNN) and model.num_classes < classes:
+        raise ConfigError(
+            f"the network [model] {model.spec!r} votes for {model.num_classes} classes, but the "
+            f"training set has {classes} (labels 0..{classes - 1}); train a network of your "
+            "own with that many class scores ([model] factory)"
         )
 
 
