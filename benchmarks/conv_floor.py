@@ -13,24 +13,13 @@ this machine, whatever it does with the LIF neurons. Median of --repeats.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 import stbp
 from stbp.devices import reuse_freed_memory
-
-
-def _median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+from stbp.sparse.dispatch import median_ms
 
 
 def layer_times(T: int, batch: int, dtype: torch.dtype, repeats: int) -> list[tuple]:
@@ -84,7 +73,7 @@ def _time_layer(name, layer, shape, dtype, first: bool, repeats: int):
             grad @ w
 
     flops = 2 * macs * (2 if first else 3)
-    return name, _median_ms(step, repeats), flops / 1e9
+    return name, median_ms(step, repeats), flops / 1e9
 
 
 def main() -> None:

@@ -20,8 +20,6 @@ import csv
 import datetime
 import itertools
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -29,6 +27,7 @@ import torch.nn.functional as F
 
 import stbp
 from stbp import sparse
+from stbp.sparse.dispatch import median_ms
 
 NETWORKS = {"nmnist-small": (10, 20), "mnist-demo": (6, 50)}  # name: (T, batch)
 DENSITIES = (0.01, 0.02, 0.05, 0.10, 0.15, 0.30)
@@ -75,16 +74,6 @@ def make_input(shape, density: float, pooled: bool, gen) -> torch.Tensor:
     if pooled:
         return active * (torch.randint(1, 5, shape, generator=gen) / 4)
     return active.float()
-
-
-def median_ms(step, repeats: int) -> float:
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 def forward_weight_grad(fn, x, module, dtype):

@@ -460,25 +460,30 @@ def _is_binary(modules: dict[str, nn.Module]) -> bool:
     """Whether the current output (the last module's) is 0/1 spikes: a LIF's, a spike
     encoder's, or max-pooled ones. Not after dropout (it scales the kept spikes by 1/(1-p)),
     NeuNorm (it subtracts the analog auxiliary term) or average pooling."""
-    last_name, last = list(modules.items())[-1]
-    if isinstance(last, LIF) or last_name == ENCODER:
-        return True
-    if _is_max_pool(last):
-        return _is_binary(dict(list(modules.items())[:-1]))
-    return False
+    return _spikes_through(modules, _is_max_pool)
 
 
 def _carries_spikes(modules: dict[str, nn.Module]) -> bool:
     """Whether the current output is spikes, pooled or dropped out (mostly zeros, values in
     {0, 1/k^2, ..., 1} or {0, 1/(1-p)}), which the event-driven synapses of `stbp.sparse` take.
     Not after NeuNorm (analog) or the encoding layer's input."""
-    last_name, last = list(modules.items())[-1]
+    return _spikes_through(modules, _passes_spikes)
+
+
+def _passes_spikes(module: nn.Module) -> bool:
+    pools = (SpikeAvgPool, nn.MaxPool2d)
+    return isinstance(module, (SeqDropout, StepDropout)) or isinstance(
+        getattr(module, "module", None), pools
+    )
+
+
+def _spikes_through(modules: dict[str, nn.Module], passes) -> bool:
+    """Whether the last module's output comes from a LIF layer or the spike encoder through
+    modules that `passes(module)` accepts."""
+    *before, (last_name, last) = modules.items()
     if isinstance(last, LIF) or last_name == ENCODER:
         return True
-    passes_spikes = isinstance(last, (SeqDropout, StepDropout)) or isinstance(
-        getattr(last, "module", None), (SpikeAvgPool, nn.MaxPool2d)
-    )
-    return passes_spikes and _carries_spikes(dict(list(modules.items())[:-1]))
+    return passes(last) and _spikes_through(dict(before), passes)
 
 
 def complete_build_args(build_args: dict) -> dict:
